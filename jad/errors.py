@@ -1,0 +1,14 @@
+"""Exceptions raised by jad.
+
+Argument errors are plain ``ValueError`` / ``TypeError``; problems with files on disk
+raise :class:`DatasetError` (a ``ValueError``) whose message names the file.
+"""
+
+__all__ = ["DatasetError"]
+
+
+class DatasetError(ValueError):
+    """A file or folder of a dataset is missing, unreadable or inconsistent.
+
+    The message always names the offending path.
+    """
