@@ -1,0 +1,1 @@
+"""The ``jad`` command line (``jad --help``)."""
