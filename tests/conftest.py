@@ -1,0 +1,51 @@
+"""Shared fixtures and helpers for the jad test suite.
+
+x64 is never switched on globally: a float64 test enters ``jax.enable_x64(True)`` in
+its body (directly, through :func:`x64_if`, or through the ``x64`` fixture), so float32
+tests run with JAX's default dtypes whatever ran before them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import jax
+import numpy as np
+import pytest
+
+
+def random_dictionary_np(rng: np.random.Generator, m: int, K: int) -> np.ndarray:
+    """(m, K) float64 Gaussian dictionary with unit-norm columns (atoms)."""
+    dictionary = rng.standard_normal((m, K))
+    return dictionary / np.linalg.norm(dictionary, axis=0, keepdims=True)
+
+
+def x64_if(dtype) -> contextlib.AbstractContextManager:
+    """``jax.enable_x64(True)`` for float64 tests, a no-op context for float32 ones."""
+    if np.dtype(dtype) == np.float64:
+        return jax.enable_x64(True)
+    return contextlib.nullcontext()
+
+
+def loosen(tolerance: float, factor: float = 10.0) -> float:
+    """``tolerance`` on CPU; ``factor`` times looser on GPU/TPU (other reductions)."""
+    return tolerance if jax.default_backend() == "cpu" else tolerance * factor
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    """Seeded numpy generator (a fresh one per test)."""
+    return np.random.default_rng(0)
+
+
+@pytest.fixture
+def key() -> jax.Array:
+    """Seeded JAX key."""
+    return jax.random.key(0)
+
+
+@pytest.fixture
+def x64():
+    """Runs the test body with float64 enabled (only for that test)."""
+    with jax.enable_x64(True):
+        yield

@@ -1,0 +1,43 @@
+"""House rules for the public API: docstrings, keyword-only options, __all__."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+
+import pytest
+
+PUBLIC_MODULES = ["jad.sparse"]
+
+
+def public_callables():
+    for name in PUBLIC_MODULES:
+        module = importlib.import_module(name)
+        for attr in module.__all__:
+            obj = getattr(module, attr)
+            if inspect.isfunction(obj):
+                yield f"{name}.{attr}", obj
+
+
+@pytest.mark.parametrize("name, fn", list(public_callables()))
+def test_public_function_docstring_and_signature(name, fn):
+    doc = inspect.getdoc(fn) or ""
+    assert "Args:" in doc and "Returns:" in doc, name
+    params = list(inspect.signature(fn).parameters.values())
+    # options with defaults are keyword-only
+    for p in params:
+        if p.default is not inspect.Parameter.empty:
+            assert p.kind is inspect.Parameter.KEYWORD_ONLY, f"{name}: {p.name}"
+    # randomness comes from an explicit `key`, first argument of kernels
+    if any(p.name == "key" for p in params) and params[0].name == "key":
+        assert params[0].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+
+
+@pytest.mark.parametrize("name", PUBLIC_MODULES)
+def test_all_is_complete(name):
+    module = importlib.import_module(name)
+    exported = {
+        n for n, obj in vars(module).items()
+        if not n.startswith("_") and (inspect.isfunction(obj) or inspect.isclass(obj))
+    }
+    assert exported <= set(module.__all__)
