@@ -94,6 +94,9 @@ def _select_one(gram, xy, norm_sq, allowed, n_nonzero, tol, selection):
     rtol = _DEPENDENCE_RTOL * jnp.finfo(dtype).eps
     allowed = allowed & (diag > 0)
     atoms = jnp.arange(num_atoms)
+    # max_j (x_jᵀy)² / ‖x_j‖² <= ‖y‖²: a scale of the signal's energy that is known even
+    # without ‖y‖ (omp_gram without norms_squared).
+    energy = jnp.max(jnp.where(allowed, xy**2 / jnp.where(allowed, diag, 1.0), 0.0))
 
     def residual_small(eps):
         return jnp.sqrt(jnp.maximum(eps, 0.0)) <= tol
@@ -111,7 +114,10 @@ def _select_one(gram, xy, norm_sq, allowed, n_nonzero, tol, selection):
         lkk_sq = diag[k] - sum(w @ w for w in ws)
         ok = ~done & avail[k] & (lkk_sq > rtol * diag[k])
         l_new = jnp.sqrt(jnp.where(ok, lkk_sq, 1.0))
-        z_new = jnp.where(ok, alpha[k] / l_new, 0.0)  # coordinate on q_n
+        z_new = alpha[k] / l_new  # coordinate on q_n
+        # z_new² is the drop of ‖e‖²: a drop at rounding level means an exact fit.
+        ok = ok & (z_new**2 > jnp.finfo(dtype).eps * energy)
+        z_new = jnp.where(ok, z_new, 0.0)
         proj = sum(w @ block for w, block in zip(ws, blocks))
         b_new = jnp.where(ok, (gram[k] - proj) / l_new, 0.0)  # G[k, :] q_n (G symmetric)
         blocks = list(blocks)
@@ -183,6 +189,7 @@ def _refine_one(sel: _Selection, gram, xy):
     return sel.coef + _scatter(sel.support, jnp.where(valid, delta, 0.0), num_atoms)
 
 
+@functools.partial(jax.jit, static_argnames=("n_nonzero", "selection"))
 def _pursuit(gram, xy, norms_sq, allowed, n_nonzero, tol, selection):
     """Runs the selection (no gradient) and the refinement over a flat batch."""
     select = jax.vmap(_select_one, in_axes=(None, 0, 0, 0, None, None, None))
@@ -288,9 +295,11 @@ def omp(
 
     Note:
       Early stops: a signal stops when its residual norm reaches ``tol``, when no
-      allowed atom is left, or when the best atom is linearly dependent on the ones
+      allowed atom is left, when the best atom is linearly dependent on the ones
       already chosen (its distance to their span is below ~100 machine epsilons of its
-      norm; scikit-learn stops there too). Stopped signals do not change further and
+      norm; scikit-learn stops there too), or when adding it would lower ``‖e‖²`` by
+      less than one machine epsilon of the signal's energy (an exact fit reached:
+      without this rule rounding noise would add junk atoms). Stopped signals do not change further and
       their ``support`` is padded with -1. Zero signals return zero coefficients.
 
       Differentiation: the selection (an argmax) is piecewise constant; ``coef``,
@@ -335,7 +344,13 @@ def omp(
     xy = jnp.matmul(flat, dictionary, precision=precision)
     norms_sq = jnp.sum(flat * flat, axis=-1)
     sel, coef = _pursuit(
-        gram, xy, norms_sq, allowed, n_nonzero, jnp.asarray(tol, dtype), selection
+        gram,
+        xy,
+        norms_sq,
+        allowed,
+        n_nonzero=n_nonzero,
+        tol=jnp.asarray(tol, dtype),
+        selection=selection,
     )
     residual = flat - jnp.matmul(coef, dictionary.T, precision=precision)
     return OMPResult(
@@ -431,9 +446,9 @@ def omp_gram(
         flat_xy,
         norms_sq,
         allowed,
-        n_nonzero,
-        jnp.asarray(tol, dtype),
-        selection,
+        n_nonzero=n_nonzero,
+        tol=jnp.asarray(tol, dtype),
+        selection=selection,
     )
     residual_norm = None
     if norms_squared is not None:
