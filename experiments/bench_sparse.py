@@ -31,7 +31,6 @@ import platform
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 
@@ -112,9 +111,13 @@ def main(argv=None):
     parser.add_argument("--locations", type=int, default=196)
     parser.add_argument("--signals", type=int, default=200)
     parser.add_argument("--iterations", type=int, default=20)
-    parser.add_argument("--group", type=int, default=1, help="locations per lax.map step")
     parser.add_argument(
-        "--peer-locations", type=int, default=None,
+        "--group", type=int, default=1, help="locations per lax.map step"
+    )
+    parser.add_argument(
+        "--peer-locations",
+        type=int,
+        default=None,
         help="locations for the scikit-learn OMP peer (default: all)",
     )
     parser.add_argument("--ksvd-peer-locations", type=int, default=2)
@@ -160,7 +163,8 @@ def main(argv=None):
             ksvd_fn, signals, init
         )
         row["jad_ksvd_errors_first_last"] = [
-            float(np.mean(errors[:, 0])), float(np.mean(errors[:, -1]))
+            float(np.mean(errors[:, 0])),
+            float(np.mean(errors[:, -1])),
         ]
         if args.ksvd_peer_locations > 0:
             t = ksvd_package(
@@ -175,7 +179,9 @@ def main(argv=None):
         print(json.dumps(row), flush=True)
 
     device = jax.devices()[0]
-    print(f"\ndevice: {device.platform} ({device.device_kind}), cores: {os.cpu_count()}")
+    print(
+        f"\ndevice: {device.platform} ({device.device_kind}), cores: {os.cpu_count()}"
+    )
     header = (
         f"{'C':>5} {'jad OMP s':>10} {'sklearn s':>10} {'ratio':>7} "
         f"{'jad K-SVD s':>12} {'ksvd pkg s*':>12} {'ratio':>7}"
@@ -183,16 +189,22 @@ def main(argv=None):
     print(header)
     for r in rows:
         print(
-            f"{r['C']:>5} {r['jad_omp_s']:>10.2f} {r.get('sklearn_omp_s', float('nan')):>10.2f}"
+            f"{r['C']:>5} {r['jad_omp_s']:>10.2f}"
+            f" {r.get('sklearn_omp_s', float('nan')):>10.2f}"
             f" {r.get('omp_speedup', float('nan')):>7.1f} {r['jad_ksvd_s']:>12.2f}"
             f" {r.get('ksvd_package_s_extrapolated', float('nan')):>12.1f}"
             f" {r.get('ksvd_speedup', float('nan')):>7.1f}"
         )
-    print("* ksvd package: C-1 atoms (it cannot fit a square dictionary), extrapolated"
-          " from a few locations and iterations.")
+    print(
+        "* ksvd package: C-1 atoms (it cannot fit a square dictionary), extrapolated"
+        " from a few locations and iterations."
+    )
     out = {
-        "device": str(device), "platform": platform.platform(),
-        "cpu_count": os.cpu_count(), "jax": jax.__version__, "args": vars(args),
+        "device": str(device),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "jax": jax.__version__,
+        "args": vars(args),
         "rows": rows,
     }
     os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)

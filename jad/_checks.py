@@ -32,11 +32,14 @@ def is_concrete(x) -> bool:
 def as_float_array(fn: str, name: str, x, *, min_rank: int = 0) -> jax.Array:
     """Returns ``x`` as a floating jax array, raising ``TypeError`` for other dtypes.
 
-    Integer and boolean inputs are refused rather than cast: a dictionary or signal given
+    Integer and boolean inputs are refused rather than cast: a dictionary or signal
+    given
     as integers is almost always a mistake (e.g. uint8 images not yet normalised).
     """
     if isinstance(x, (str, bytes)) or x is None:
-        raise TypeError(f"{fn}: {name} must be a floating array; got {type(x).__name__}.")
+        raise TypeError(
+            f"{fn}: {name} must be a floating array; got {type(x).__name__}."
+        )
     try:
         dtype = jnp.result_type(x)
     except TypeError as err:
@@ -63,7 +66,7 @@ def check_rank(fn: str, name: str, x, rank: int, letters: str) -> None:
 
 
 def check_finite(fn: str, name: str, x) -> None:
-    """Raises ``ValueError`` if a concrete ``x`` holds NaN or inf (no-op under tracing)."""
+    """Raises ``ValueError`` if a concrete ``x`` holds NaN or inf (no-op if traced)."""
     if is_concrete(x) and not bool(np.all(np.isfinite(np.asarray(x)))):
         raise ValueError(f"{fn}: {name} contains NaN or inf values.")
 
@@ -95,9 +98,10 @@ def check_int(
 
 
 def check_choice(fn: str, name: str, value, choices: Sequence[str]) -> str:
-    """Raises ``ValueError`` unless ``value`` is one of ``choices`` (listed in the error)."""
+    """Raises ``ValueError`` unless ``value`` is one of ``choices`` (all listed)."""
     if value not in choices:
         raise ValueError(
-            f"{fn}: {name} must be one of {', '.join(map(repr, choices))}; got {value!r}."
+            f"{fn}: {name} must be one of {', '.join(map(repr, choices))}; "
+            f"got {value!r}."
         )
     return value

@@ -37,7 +37,8 @@ def test_public_function_docstring_and_signature(name, fn):
 def test_all_is_complete(name):
     module = importlib.import_module(name)
     exported = {
-        n for n, obj in vars(module).items()
+        n
+        for n, obj in vars(module).items()
         if not n.startswith("_") and (inspect.isfunction(obj) or inspect.isclass(obj))
     }
     assert exported <= set(module.__all__)

@@ -13,8 +13,19 @@ from jad.cli.main import main
 
 def test_demo_runs_and_writes_summary(tmp_path, capsys):
     status = main(
-        ["demo", "--channels", "8", "--locations", "3", "--signals", "40",
-         "--iterations", "3", "--out", str(tmp_path)]
+        [
+            "demo",
+            "--channels",
+            "8",
+            "--locations",
+            "3",
+            "--signals",
+            "40",
+            "--iterations",
+            "3",
+            "--out",
+            str(tmp_path),
+        ]
     )
     assert status == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -33,7 +44,9 @@ def test_demo_bad_option_exits_2_without_traceback(tmp_path, capsys):
 def test_console_script_help():
     out = subprocess.run(
         [sys.executable, "-m", "jad.cli.main", "demo", "--help"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     assert "--channels" in out and "default" in out
 

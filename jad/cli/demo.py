@@ -46,7 +46,9 @@ def run(args: argparse.Namespace) -> int:
     """Runs the sparse-coding demo and prints a table; returns the exit status."""
     c, locs, n = args.channels, args.locations, args.signals
     if min(c, locs, n, args.iterations) < 1:
-        raise ValueError("--channels, --locations, --signals, --iterations must be >= 1")
+        raise ValueError(
+            "--channels, --locations, --signals, --iterations must be >= 1"
+        )
     s = max(1, c // 4)
     rng = np.random.default_rng(args.seed)
     # Planted per-location dictionaries and sparse codes (s/4 atoms per signal).
@@ -61,8 +63,10 @@ def run(args: argparse.Namespace) -> int:
     signals += 0.01 * rng.standard_normal(signals.shape).astype(np.float32)
     init = jnp.broadcast_to(dct_dictionary(c, c), (locs, c, c))
 
-    print(f"jad demo: K-SVD on {locs} locations x {n} signals x {c} channels, "
-          f"sparsity {s}, {args.iterations} iterations (device: {jax.devices()[0]})")
+    print(
+        f"jad demo: K-SVD on {locs} locations x {n} signals x {c} channels, "
+        f"sparsity {s}, {args.iterations} iterations (device: {jax.devices()[0]})"
+    )
     learn = jax.jit(
         jax.vmap(lambda y, d: ksvd(y, d, s, args.iterations, method="approx"))
     )
@@ -78,22 +82,31 @@ def run(args: argparse.Namespace) -> int:
     coded = jax.block_until_ready(code(result.dictionary, signals))
     rows.append(("OMP with the learned dictionaries", time.perf_counter() - start))
     errors = np.asarray(result.errors).mean(axis=0)
-    rel = float(np.mean(np.asarray(coded.residual_norm) / np.linalg.norm(signals, axis=-1)))
+    rel = float(
+        np.mean(np.asarray(coded.residual_norm) / np.linalg.norm(signals, axis=-1))
+    )
 
     print(f"{'step':40s} {'seconds (incl. compile)':>24s}")
     for name, secs in rows:
         print(f"{name:40s} {secs:24.2f}")
-    print("RMS representation error per iteration (mean over locations): "
-          + " ".join(f"{e:.4f}" for e in errors))
+    print(
+        "RMS representation error per iteration (mean over locations): "
+        + " ".join(f"{e:.4f}" for e in errors)
+    )
     print(f"relative residual of OMP with the learned dictionaries: {rel:.4f}")
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "summary.json")
     with open(path, "w") as f:
         json.dump(
             {
-                "channels": c, "locations": locs, "signals": n, "sparsity": s,
-                "iterations": args.iterations, "errors": errors.tolist(),
-                "relative_residual": rel, "seconds": dict(rows),
+                "channels": c,
+                "locations": locs,
+                "signals": n,
+                "sparsity": s,
+                "iterations": args.iterations,
+                "errors": errors.tolist(),
+                "relative_residual": rel,
+                "seconds": dict(rows),
             },
             f,
             indent=2,

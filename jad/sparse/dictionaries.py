@@ -1,9 +1,9 @@
 """Dictionary initialisers for K-SVD: DCT, Haar and random.
 
 PSDL (appendix A.1, Table 8) initialises its per-location K-SVD dictionaries with a DCT
-basis (the default), a Haar basis or random atoms. All initialisers return (m, K) float32
-arrays with unit-norm columns (atoms), for square (K = m) and overcomplete (K > m)
-dictionaries. With ``separable=True`` the m-vector is read as a sqrt(m) x sqrt(m) patch
+basis (the default), a Haar basis or random atoms. All initialisers return (m, K)
+float32 arrays with unit-norm columns (atoms), for square (K = m) and overcomplete
+(K > m) dictionaries. With ``separable=True`` the m-vector is read as a sqrt(m) x sqrt(m) patch
 and the dictionary is the Kronecker product of two 1-D dictionaries with sqrt(K) atoms,
 as in PSDL's code (sparselandtools' ``DCTDictionary(d, d)``, with m = K = d²) and in
 ksvdbox's ``odct2dict``.
@@ -92,8 +92,8 @@ def dct_dictionary(m: int, K: int, *, separable: bool = False) -> jax.Array:  # 
 def _haar_basis(m: int) -> list[np.ndarray]:
     # Unbalanced Haar basis (Girardi & Sweldens): the constant atom, then for every
     # interval of a recursive halving (left part floor(n/2)) the atom that is +1/n_l on
-    # the left half and -1/n_r on the right half. Orthonormal for any m; for m a power of
-    # two it is the classic Haar wavelet basis, coarse to fine.
+    # the left half and -1/n_r on the right half. Orthonormal for any m; for m a power
+    # of two it is the classic Haar wavelet basis, coarse to fine.
     atoms = [np.full(m, 1.0)]
     intervals = [(0, m)]
     while intervals:

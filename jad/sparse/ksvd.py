@@ -45,7 +45,7 @@ class KSVDResult(NamedTuple):
 
 
 def _safe_unit(v, fallback):
-    """v / ‖v‖, or ``fallback`` where v = 0 (no NaN, finite gradients)."""
+    """V / ‖v‖, or ``fallback`` where v = 0 (no NaN, finite gradients)."""
     norm = jnp.linalg.norm(v)
     ok = norm > 0
     return jnp.where(ok, v / jnp.where(ok, norm, 1.0), fallback), ok
@@ -225,10 +225,16 @@ def ksvd(
                 order[j], state, signals, method, replace_unused, precision
             )
 
-        state = (dt, coded.T, new_residual, jnp.zeros((num_signals,), bool), jnp.int32(0))
+        state = (
+            dt,
+            coded.T,
+            new_residual,
+            jnp.zeros((num_signals,), bool),
+            jnp.int32(0),
+        )
         dt, at, _, _, n_replaced = jax.lax.fori_loop(0, num_atoms, sweep, state)
         codes = at.T
-        # Recompute the residual exactly (the sweep's rank-1 updates accumulate rounding).
+        # Recompute the residual exactly (the sweep's rank-1 updates add rounding).
         residual = signals - jnp.matmul(codes, dt, precision=precision)
         error = jnp.sqrt(jnp.mean(row_errors(residual)))
         return (dt, codes, residual), (error, n_replaced)

@@ -118,8 +118,10 @@ def _select_one(gram, xy, norm_sq, allowed, n_nonzero, tol, selection):
         # z_new² is the drop of ‖e‖²: a drop at rounding level means an exact fit.
         ok = ok & (z_new**2 > jnp.finfo(dtype).eps * energy)
         z_new = jnp.where(ok, z_new, 0.0)
-        proj = sum(w @ block for w, block in zip(ws, blocks))
-        b_new = jnp.where(ok, (gram[k] - proj) / l_new, 0.0)  # G[k, :] q_n (G symmetric)
+        proj = sum(w @ block for w, block in zip(ws, blocks, strict=False))
+        b_new = jnp.where(
+            ok, (gram[k] - proj) / l_new, 0.0
+        )  # G[k, :] q_n (G symmetric)
         blocks = list(blocks)
         blocks[phase] = blocks[phase].at[n - bounds[phase]].set(b_new)
         lkk = lkk.at[n].set(jnp.where(ok, l_new, 1.0))
@@ -134,7 +136,7 @@ def _select_one(gram, xy, norm_sq, allowed, n_nonzero, tol, selection):
     carry = (
         tuple(
             jnp.zeros((stop - start, num_atoms), dtype)
-            for start, stop in zip(bounds[:-1], bounds[1:])
+            for start, stop in zip(bounds[:-1], bounds[1:], strict=True)
         ),
         jnp.ones((n_nonzero,), dtype),
         jnp.zeros((n_nonzero,), dtype),
@@ -144,7 +146,7 @@ def _select_one(gram, xy, norm_sq, allowed, n_nonzero, tol, selection):
         norm_sq,
         residual_small(norm_sq),
     )
-    for phase, (start, stop) in enumerate(zip(bounds[:-1], bounds[1:])):
+    for phase, (start, stop) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
         step = functools.partial(body, phase=phase)
         carry = jax.lax.fori_loop(start, stop, step, carry)
     blocks, lkk, z, support, *_ = carry
@@ -235,7 +237,9 @@ def _atom_mask(fn, atom_mask, batch_shape, num_atoms):
         return jnp.ones((int(np.prod(batch_shape, dtype=int)), num_atoms), bool)
     mask = jnp.asarray(atom_mask)
     if mask.dtype != jnp.bool_:
-        raise TypeError(f"{fn}: atom_mask must be a bool array; got dtype {mask.dtype}.")
+        raise TypeError(
+            f"{fn}: atom_mask must be a bool array; got dtype {mask.dtype}."
+        )
     try:
         mask = jnp.broadcast_to(mask, full)
     except ValueError as err:
@@ -299,7 +303,8 @@ def omp(
       already chosen (its distance to their span is below ~100 machine epsilons of its
       norm; scikit-learn stops there too), or when adding it would lower ``‖e‖²`` by
       less than one machine epsilon of the signal's energy (an exact fit reached:
-      without this rule rounding noise would add junk atoms). Stopped signals do not change further and
+      without this rule rounding noise would add junk atoms). Stopped signals do not
+      change further and
       their ``support`` is padded with -1. Zero signals return zero coefficients.
 
       Differentiation: the selection (an argmax) is piecewise constant; ``coef``,

@@ -96,7 +96,9 @@ def test_ksvd_vmap_equals_loop_and_jit():
     for loc in range(3):
         single = fn(signals[loc], init[loc])
         # float32, different batching of the same matmuls: 1e-5
-        np.testing.assert_allclose(batched.dictionary[loc], single.dictionary, atol=1e-5)
+        np.testing.assert_allclose(
+            batched.dictionary[loc], single.dictionary, atol=1e-5
+        )
         np.testing.assert_allclose(batched.codes[loc], single.codes, atol=1e-4)
         np.testing.assert_allclose(batched.errors[loc], single.errors, rtol=1e-5)
 

@@ -777,10 +777,15 @@ def test_exact_fit_stops_at_planted_sparsity_with_default_tol(dtype):
     with x64_if(dtype):
         got = omp(dictionary.astype(dtype), signals.astype(dtype), 8)
         gram = omp_gram(
-            (dictionary.T @ dictionary).astype(dtype), (signals @ dictionary).astype(dtype), 8
+            (dictionary.T @ dictionary).astype(dtype),
+            (signals @ dictionary).astype(dtype),
+            8,
         )
     found = np.array(
-        [set(np.flatnonzero(got.coef[i])) == set(np.flatnonzero(codes[i])) for i in range(60)]
+        [
+            set(np.flatnonzero(got.coef[i])) == set(np.flatnonzero(codes[i]))
+            for i in range(60)
+        ]
     )
     assert found.mean() > 0.9  # OMP recovers most supports of this easy problem
     planted_k = (codes != 0).sum(1)
