@@ -3,10 +3,10 @@
 PSDL (appendix A.1, Table 8) initialises its per-location K-SVD dictionaries with a DCT
 basis (the default), a Haar basis or random atoms. All initialisers return (m, K)
 float32 arrays with unit-norm columns (atoms), for square (K = m) and overcomplete
-(K > m) dictionaries. With ``separable=True`` the m-vector is read as a sqrt(m) x sqrt(m) patch
-and the dictionary is the Kronecker product of two 1-D dictionaries with sqrt(K) atoms,
-as in PSDL's code (sparselandtools' ``DCTDictionary(d, d)``, with m = K = d²) and in
-ksvdbox's ``odct2dict``.
+(K > m) dictionaries. With ``separable=True`` the m-vector is read as a sqrt(m) x
+sqrt(m) patch and the dictionary is the Kronecker product of two 1-D dictionaries with
+sqrt(K) atoms, as in PSDL's code (sparselandtools' ``DCTDictionary(d, d)``, with
+m = K = d²) and in ksvdbox's ``odct2dict``.
 """
 
 from __future__ import annotations
