@@ -60,9 +60,9 @@ def _update_atom(k, state, signals, method, replace_unused, precision):
     dt, at, residual, taken, n_replaced = state
     d_old, a_old = dt[k], at[k]
     users = a_old != 0
-    # E_k = E + a_k d_kᵀ: the residual without atom k (rows of non-users unchanged).
-    e_k = residual + jnp.outer(a_old, d_old)
     if method == "exact":
+        # E_k = E + a_k d_kᵀ: the residual without atom k (non-user rows unchanged).
+        e_k = residual + jnp.outer(a_old, d_old)
         # Rank-1 SVD of E_k restricted to the users (Aharon et al. 2006, eq. 20-21);
         # zero rows of non-users change neither the singular values nor v.
         restricted = jnp.where(users[:, None], e_k, 0.0)
@@ -72,14 +72,20 @@ def _update_atom(k, state, signals, method, replace_unused, precision):
         d_new, a_new = d_new * flip, a_new * flip
     else:
         # Approximate K-SVD (Rubinstein et al. 2008): one alternating step,
-        # d = E_k g / ‖E_k g‖, g = E_kᵀ d on the users.
-        d_new, _ = _safe_unit(jnp.matmul(a_old, e_k, precision=precision), d_old)
-        a_new = jnp.where(users, jnp.matmul(e_k, d_new, precision=precision), 0.0)
+        # d = E_kᵀ g / ‖E_kᵀ g‖, g = E_k d on the users, with E_k = E + g d_oldᵀ
+        # expanded so that E_k is never formed (two matvecs over E instead of a copy).
+        d_raw = jnp.matmul(a_old, residual, precision=precision) + d_old * (
+            a_old @ a_old
+        )
+        d_new, _ = _safe_unit(d_raw, d_old)
+        e_d = jnp.matmul(residual, d_new, precision=precision) + a_old * (d_old @ d_new)
+        a_new = jnp.where(users, e_d, 0.0)
     used = jnp.any(users)
     if replace_unused:
         # An atom nobody uses is replaced by the worst-represented signal, normalised;
         # a signal replaces at most one atom per sweep.
-        err = jnp.where(taken, -1.0, jnp.sum(e_k * e_k, axis=1))
+        # (only read when the atom is unused, and then E_k = E)
+        err = jnp.where(taken, -1.0, jnp.sum(residual * residual, axis=1))
         worst = jnp.argmax(err)
         d_rep, rep_ok = _safe_unit(signals[worst], d_old)
         replace = ~used & rep_ok
@@ -89,7 +95,7 @@ def _update_atom(k, state, signals, method, replace_unused, precision):
     else:
         d_new = jnp.where(used, d_new, d_old)
     a_new = jnp.where(used, a_new, 0.0)
-    residual = e_k - jnp.outer(a_new, d_new)
+    residual = residual + jnp.outer(a_old, d_old) - jnp.outer(a_new, d_new)
     return dt.at[k].set(d_new), at.at[k].set(a_new), residual, taken, n_replaced
 
 
