@@ -220,6 +220,18 @@ def _safe_norm(x, axis=-1):
     return _safe_sqrt(jnp.sum(x * x, axis=axis))
 
 
+def _result(sel: _Selection, coef, residual_norm, batch_shape) -> OMPResult:
+    """Reshapes flat-batch outputs back to the caller's batch shape."""
+    return OMPResult(
+        coef=coef.reshape(batch_shape + coef.shape[-1:]),
+        support=sel.support.reshape(batch_shape + sel.support.shape[-1:]),
+        residual_norm=None
+        if residual_norm is None
+        else residual_norm.reshape(batch_shape),
+        n_iter=sel.n_iter.reshape(batch_shape),
+    )
+
+
 def _check_common(fn, n_nonzero, num_atoms, tol, selection):
     n_nonzero = _checks.check_int(fn, "n_nonzero", n_nonzero, low=1, high=num_atoms)
     _checks.check_choice(fn, "selection", selection, _SELECTIONS)
@@ -358,12 +370,7 @@ def omp(
         selection=selection,
     )
     residual = flat - jnp.matmul(coef, dictionary.T, precision=precision)
-    return OMPResult(
-        coef=coef.reshape(batch_shape + (num_atoms,)),
-        support=sel.support.reshape(batch_shape + (n_nonzero,)),
-        residual_norm=_safe_norm(residual).reshape(batch_shape),
-        n_iter=sel.n_iter.reshape(batch_shape),
-    )
+    return _result(sel, coef, _safe_norm(residual), batch_shape)
 
 
 def omp_gram(
@@ -458,10 +465,5 @@ def omp_gram(
     residual_norm = None
     if norms_squared is not None:
         res_sq = norms_sq - jnp.sum(coef * flat_xy, axis=-1)
-        residual_norm = _safe_sqrt(jnp.maximum(res_sq, 0.0)).reshape(batch_shape)
-    return OMPResult(
-        coef=coef.reshape(batch_shape + (num_atoms,)),
-        support=sel.support.reshape(batch_shape + (n_nonzero,)),
-        residual_norm=residual_norm,
-        n_iter=sel.n_iter.reshape(batch_shape),
-    )
+        residual_norm = _safe_sqrt(jnp.maximum(res_sq, 0.0))
+    return _result(sel, coef, residual_norm, batch_shape)
