@@ -55,7 +55,7 @@ def _update_atom(k, state, signals, method, replace_unused, precision):
     """Updates atom k and its coefficients in place (one step of the K-SVD sweep).
 
     ``state`` = (dt (K, m), at (K, N), residual (N, m), taken (N,) bool, n_replaced).
-    The residual ``Y - Aᵀ... = Y - codes Dᵀ`` is kept up to date with rank-1 updates.
+    The residual ``Y - codes Dᵀ`` is kept up to date with rank-1 updates.
     """
     dt, at, residual, taken, n_replaced = state
     d_old, a_old = dt[k], at[k]
