@@ -7,7 +7,7 @@ import inspect
 
 import pytest
 
-PUBLIC_MODULES = ["jad.sparse"]
+PUBLIC_MODULES = ["jad.sparse", "jad.backbones"]
 
 
 def public_callables():
@@ -22,8 +22,8 @@ def public_callables():
 @pytest.mark.parametrize("name, fn", list(public_callables()))
 def test_public_function_docstring_and_signature(name, fn):
     doc = inspect.getdoc(fn) or ""
-    assert "Args:" in doc and "Returns:" in doc, name
     params = list(inspect.signature(fn).parameters.values())
+    assert "Returns:" in doc and ("Args:" in doc or not params), name
     # options with defaults are keyword-only
     for p in params:
         if p.default is not inspect.Parameter.empty:

@@ -114,7 +114,7 @@ def extract_features(
     name: str,
     variables,
     images,
-    levels=(1, 2, 3, 4),
+    levels,
     *,
     dtype=None,
 ) -> dict[int, jax.Array]:

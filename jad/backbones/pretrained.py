@@ -58,7 +58,12 @@ _EFFICIENTNET_PACKAGES = {"efficientnet_lite0": "efficientnet_lite0_pytorch_mode
 
 
 def default_cache_dir() -> Path:
-    """``$JAD_CACHE/weights`` if set, else ``~/.cache/jad/weights``."""
+    """Where converted weights are cached.
+
+    Returns:
+      ``$JAD_CACHE/weights`` if the environment variable is set, else
+      ``~/.cache/jad/weights``.
+    """
     root = os.environ.get("JAD_CACHE")
     base = Path(root) if root else Path.home() / ".cache" / "jad"
     return base / "weights"
@@ -166,9 +171,9 @@ def _save(path: Path, variables) -> None:
 
 def load_pretrained(
     name: str,
+    *,
     weights=None,
     cache_dir=None,
-    *,
     progress: bool = True,
 ) -> dict:
     """Pretrained ImageNet variables of backbone ``name``, converted and cached.

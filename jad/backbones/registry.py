@@ -32,7 +32,11 @@ class BackboneInfo:
 
 
 def list_backbones() -> tuple[str, ...]:
-    """Names accepted by every function of :mod:`jad.backbones`."""
+    """Names of the backbones jad knows.
+
+    Returns:
+      The names accepted by every function of :mod:`jad.backbones`.
+    """
     return tuple(RESNET_SPECS) + tuple(EFFICIENTNET_SPECS)
 
 

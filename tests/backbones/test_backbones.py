@@ -470,7 +470,9 @@ def test_port_lists_missing_unexpected_and_misshaped_keys(resnet18_state):
 
 def test_unknown_name_lists_valid_names(lite_variables):
     for call in (
-        lambda: bb.extract_features("resnet19", lite_variables, jnp.ones((1, 8, 8, 3))),
+        lambda: bb.extract_features(
+            "resnet19", lite_variables, jnp.ones((1, 8, 8, 3)), 1
+        ),
         lambda: bb.load_pretrained("vgg16"),
         lambda: bb.port_torchvision("resnet19", {}),
         lambda: bb.backbone_info("resnet19"),
@@ -482,20 +484,21 @@ def test_unknown_name_lists_valid_names(lite_variables):
 def test_bad_images_and_levels(lite_variables):
     name = "efficientnet_lite0"
     with pytest.raises(ValueError, match="channels-first"):
-        bb.extract_features(name, lite_variables, jnp.ones((1, 3, 32, 32)))
+        bb.extract_features(name, lite_variables, jnp.ones((1, 3, 32, 32)), 1)
     with pytest.raises(ValueError, match=r"\(N, H, W, 3\)"):
-        bb.extract_features(name, lite_variables, jnp.ones((1, 32, 32, 4)))
+        bb.extract_features(name, lite_variables, jnp.ones((1, 32, 32, 4)), 1)
     with pytest.raises(ValueError, match=r"\(N, H, W, 3\)"):
-        bb.extract_features(name, lite_variables, jnp.ones((32, 32, 3)))
+        bb.extract_features(name, lite_variables, jnp.ones((32, 32, 3)), 1)
     with pytest.raises(TypeError, match="images"):
-        bb.extract_features(name, lite_variables, np.ones((1, 32, 32, 3), np.uint8))
+        bb.extract_features(name, lite_variables, np.ones((1, 32, 32, 3), np.uint8), 1)
     for levels in (5, (1, 5), -1, ()):
         with pytest.raises(ValueError, match="levels"):
             bb.extract_features(name, lite_variables, jnp.ones((1, 32, 32, 3)), levels)
     with pytest.raises(TypeError, match="levels"):
         bb.extract_features(name, lite_variables, jnp.ones((1, 32, 32, 3)), (1.0,))
     with pytest.raises(TypeError, match="variables"):
-        bb.extract_features(name, [1, 2], jnp.ones((1, 32, 32, 3)))
+        bb.extract_features(name, [1, 2], jnp.ones((1, 32, 32, 3)), 1)
     with pytest.raises(ValueError, match="dtype"):
-        bb.extract_features(name, lite_variables, jnp.ones((1, 32, 32, 3)),
-                            dtype="int8")
+        bb.extract_features(
+            name, lite_variables, jnp.ones((1, 32, 32, 3)), 1, dtype="int8"
+        )
