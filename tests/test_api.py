@@ -7,7 +7,7 @@ import inspect
 
 import pytest
 
-PUBLIC_MODULES = ["jad.sparse", "jad.backbones"]
+PUBLIC_MODULES = ["jad.sparse", "jad.backbones", "jad.data", "jad.ops"]
 
 
 def public_callables():

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 
 from jad import _checks
 from jad.backbones.registry import LEVELS, build_module, check_name
+from jad.data.preprocess import IMAGENET_MEAN, IMAGENET_STD, normalize_imagenet
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -20,31 +21,7 @@ __all__ = [
     "normalize_imagenet",
 ]
 
-#: Per-channel RGB mean and standard deviation of ImageNet (torchvision's values).
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
 _DTYPES = ("float32", "bfloat16", "float16", "float64")
-
-
-def normalize_imagenet(images):
-    """Normalises RGB images in [0, 1] with the ImageNet mean and std.
-
-    This is what torchvision's ``transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)``
-    does, on channels-last arrays: ``(images - mean) / std`` per channel. Every
-    backbone in :mod:`jad.backbones` expects its input normalised this way.
-
-    Args:
-      images: (..., H, W, 3) float array, RGB in [0, 1].
-
-    Returns:
-      Array of the same shape and dtype.
-    """
-    images = _checks.as_float_array("normalize_imagenet", "images", images, min_rank=3)
-    _check_channels("normalize_imagenet", images)
-    mean = jnp.asarray(IMAGENET_MEAN, images.dtype)
-    std = jnp.asarray(IMAGENET_STD, images.dtype)
-    return (images - mean) / std
 
 
 def _check_channels(fn: str, images) -> None:
@@ -129,8 +106,8 @@ def extract_features(
       variables: Flax variables ``{"params": ..., "batch_stats": ...}`` of that
         backbone.
       images: (N, H, W, 3) float array, already normalised with
-        :func:`normalize_imagenet` (exactly what the torchvision model receives,
-        channels last).
+        :func:`jad.data.normalize_imagenet` (exactly what the torchvision model
+        receives, channels last).
       levels: an int or a sequence of ints in 0..4; 0 is the stem (stride 2), 1-4
         the stages (strides 4, 8, 16, 32). See :func:`backbone_info` for channels.
       dtype: computation dtype: ``None`` (the images' dtype), ``"float32"`` or
