@@ -1,0 +1,360 @@
+"""Per-region overlap (PRO): the MVTec AD localisation metric, exact and sort-based.
+
+PRO (Bergmann et al., IJCV 2021, sec. 4.2) scores a threshold by the mean, over all
+ground-truth regions of the test set, of the fraction of each region's pixels at or
+above the threshold, so small defects weigh as much as large ones. The PRO curve plots
+it against the false-positive rate on normal (anomaly-free) pixels; AUPRO is its area
+up to FPR 0.3, divided by 0.3.
+
+Conventions: regions are the 8-connected components of each image's mask
+(``scipy.ndimage.label`` with a 3 x 3 structure of ones, per image: a region never
+spans two images), pooled over all images; a pixel counts as detected when its score
+is at or above the threshold; the FPR denominator is every mask-0 pixel of the set,
+normal pixels of anomalous images included. ``maps`` and ``masks`` are (..., H, W):
+leading axes are images. Results are Python floats and float64 numpy arrays.
+
+Algorithm (exact; the sort/cumsum form of anomalib >= 2.3, restricted to what the
+FPR limit needs). Descending in score, a normal pixel moves the curve right by
+``1 / n_normal`` and a pixel of region r moves it up by ``1 / (|r| R)``; a group of
+tied scores moves it along one straight segment. Between two distinct region scores
+only normal pixels move the curve, horizontally, so the curve is exactly the polyline
+through, for each distinct region score u, the points just above and at u, where
+``FPR(>= u)`` and ``FPR(> u)`` are binary searches into the sorted normal scores.
+Only normal scores at or above the one where the FPR reaches ``max_fpr`` are needed:
+they are found with a sampled lower bound (checked, with a full fallback) and sorted;
+at ``max_fpr = 0.3`` that is about a third of the normal pixels.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import jax
+import numpy as np
+from scipy import ndimage
+
+from jad.metrics import _common
+
+__all__ = ["PROCurve", "pro", "pro_area", "pro_curve"]
+
+# 8-connectivity inside each image, none across the image axis.
+_STRUCTURE = np.zeros((3, 3, 3), bool)
+_STRUCTURE[1] = True
+_LABEL_IMAGES = 64  # images labelled per scipy call (bounds the int32 label buffer)
+_CHUNK = 1 << 18  # pixels per step of the pass that collects normal scores
+_SAMPLE = 1 << 20  # pixels sampled to bound the normal score at the FPR limit
+
+
+class PROCurve(NamedTuple):
+    """A PRO curve: exact points, increasing FPR, decreasing threshold.
+
+    Attributes:
+      fpr: (T,) float64 false-positive rate on normal pixels, non-decreasing; starts
+        at 0.
+      pro: (T,) float64 per-region overlap, non-decreasing; starts at 0.
+      thresholds: (T,) float64; point i counts ``maps >= thresholds[i]`` as
+        anomalous (``inf`` for the first point). Points just above a score ``u``
+        carry ``nextafter(u, inf)`` in the maps' dtype.
+    """
+
+    fpr: np.ndarray
+    pro: np.ndarray
+    thresholds: np.ndarray
+
+
+def _prepare(fn: str, maps, masks) -> tuple[np.ndarray, np.ndarray]:
+    maps = _common.as_scores(fn, "maps", maps)
+    masks = _common.as_binary(fn, "masks", masks)
+    _common.check_same_shape(fn, ("maps", "masks"), maps, masks)
+    if maps.ndim < 2:
+        raise ValueError(
+            f"{fn}: maps and masks must be (..., H, W); got shape {maps.shape}."
+        )
+    height, width = maps.shape[-2:]
+    return maps.reshape(-1, height, width), masks.reshape(-1, height, width)
+
+
+def _region_ids(masks: np.ndarray) -> tuple[np.ndarray, int]:
+    """(P,) region id (1..R) of each mask pixel in raster order, and R."""
+    anomalous = np.flatnonzero(masks.any(axis=(1, 2)))
+    ids, num_regions = [], 0
+    for start in range(0, anomalous.size, _LABEL_IMAGES):
+        labels, n = ndimage.label(
+            masks[anomalous[start : start + _LABEL_IMAGES]], structure=_STRUCTURE
+        )
+        ids.append(labels[labels > 0] + num_regions)
+        num_regions += n
+    if not ids:
+        return np.zeros(0, np.int64), 0
+    return np.concatenate(ids).astype(np.int64), num_regions
+
+
+def _limit_count(max_fpr: float, num_normal: int) -> int:
+    """Smallest k with k / num_normal >= max_fpr (float64, as the curve computes)."""
+    k = max(1, min(num_normal, math.ceil(max_fpr * num_normal)))
+    while k > 1 and (k - 1) / num_normal >= max_fpr:
+        k -= 1
+    while k < num_normal and k / num_normal < max_fpr:
+        k += 1
+    return k
+
+
+def _lower_bound(scores: np.ndarray, masks: np.ndarray, k: int, num_normal: int):
+    """A score likely below the k-th largest normal score (-inf: keep them all)."""
+    q = k / num_normal
+    if q > 0.5:
+        return -np.inf
+    stride = max(1, scores.size // _SAMPLE) | 1  # odd: not aligned with rows
+    sample = scores[::stride][~masks[::stride]]
+    if sample.size == 0:
+        return -np.inf
+    # Sampled fraction plus a wide margin (10 binomial standard deviations and 2 %);
+    # a miss costs a second pass and a full sort, never a wrong value.
+    q_high = q * 1.02 + 10.0 * math.sqrt(q / sample.size) + 8.0 / sample.size
+    j = sample.size - math.ceil(q_high * sample.size)
+    if j <= 0:
+        return -np.inf
+    return np.partition(sample, j)[j]
+
+
+def _normal_scores_from(scores: np.ndarray, masks: np.ndarray, bound) -> np.ndarray:
+    """Scores of normal pixels >= bound, collected in chunks (bounded temporaries)."""
+    parts, buffer = [], np.empty(min(_CHUNK, scores.size), bool)
+    for start in range(0, scores.size, _CHUNK):
+        s, m = scores[start : start + _CHUNK], masks[start : start + _CHUNK]
+        keep = buffer[: s.size]
+        np.greater_equal(s, bound, out=keep)
+        np.greater(keep, m, out=keep)  # keep & ~m for bools
+        parts.append(s[keep])
+    return np.concatenate(parts)
+
+
+def _curve(fn: str, maps, masks, max_fpr: float) -> PROCurve:
+    """The exact PRO curve up to its first point with FPR >= max_fpr."""
+    maps, masks = _prepare(fn, maps, masks)
+    ids, num_regions = _region_ids(masks)
+    if num_regions == 0:
+        raise ValueError(
+            f"{fn}: masks contain no anomalous pixel; PRO averages over ground-truth "
+            "regions and is undefined without one."
+        )
+    scores, flat_masks = maps.reshape(-1), masks.reshape(-1)
+    region_scores = scores[flat_masks]  # raster order, as the region ids
+    num_normal = scores.size - region_scores.size
+    if num_normal == 0:
+        raise ValueError(
+            f"{fn}: masks contain no normal pixel; the false-positive rate is "
+            "undefined."
+        )
+    k = _limit_count(max_fpr, num_normal)
+    normal = _normal_scores_from(
+        scores, flat_masks, _lower_bound(scores, flat_masks, k, num_normal)
+    )
+    if normal.size < k:  # the sampled bound was too high: take every normal pixel
+        normal = _normal_scores_from(scores, flat_masks, -np.inf)
+    normal = _common.sort_scratch(normal)
+    t_k = normal[normal.size - k]  # FPR(>= t_k) >= max_fpr > FPR(> t_k)
+
+    # Region pixels the curve reaches before the limit, by decreasing score; with
+    # k == num_normal (max_fpr = 1) all of them, so the curve ends at (1, 1).
+    weights = 1.0 / np.bincount(ids)[ids]
+    if k < num_normal:
+        keep = region_scores >= t_k
+        region_scores, weights = region_scores[keep], weights[keep]
+    order = np.argsort(region_scores, kind="stable")[::-1]
+    region_scores, weights = region_scores[order], weights[order]
+    last = np.empty(region_scores.size, bool)
+    np.not_equal(region_scores[1:], region_scores[:-1], out=last[:-1])
+    last[-1:] = True
+    values = region_scores[last]  # distinct region scores, descending
+    mass_ge = np.cumsum(weights)[last]  # sum of 1/|r| over region pixels >= value
+    mass_gt = np.concatenate(([0.0], mass_ge))[:-1]
+    # t_k is a step of the curve too (the one that crosses the limit).
+    at = int(np.searchsorted(-values, -t_k, side="left"))
+    if at == values.size or values[at] != t_k:
+        mass = mass_ge[at - 1] if at else 0.0
+        values = np.insert(values, at, t_k)
+        mass_ge = np.insert(mass_ge, at, mass)
+        mass_gt = np.insert(mass_gt, at, mass)
+    fp_ge = normal.size - np.searchsorted(normal, values, side="left")
+    fp_gt = normal.size - np.searchsorted(normal, values, side="right")
+
+    # Interleave "just above u" and "at u" points after (0, 0); an "above" point
+    # that repeats the previous point is dropped.
+    n = values.size
+    fp = np.empty(2 * n + 1, np.int64)
+    mass = np.empty(2 * n + 1)
+    thresholds = np.empty(2 * n + 1)
+    fp[0], mass[0], thresholds[0] = 0, 0.0, np.inf
+    fp[1::2], fp[2::2] = fp_gt, fp_ge
+    mass[1::2], mass[2::2] = mass_gt, mass_ge
+    thresholds[1::2] = np.nextafter(values, np.asarray(np.inf, values.dtype))
+    thresholds[2::2] = values
+    keep = np.ones(2 * n + 1, bool)
+    keep[1::2] = fp_gt != fp[0:-1:2]
+    return PROCurve(
+        fpr=fp[keep] / num_normal,
+        pro=mass[keep] / num_regions,
+        thresholds=thresholds[keep],
+    )
+
+
+def _area(fpr: np.ndarray, pro_values: np.ndarray, max_fpr: float) -> float:
+    """Trapezoid up to max_fpr with linear interpolation at the limit, / max_fpr."""
+    i = int(np.searchsorted(fpr, max_fpr, side="right"))  # points with fpr <= limit
+    x, y = fpr[:i], pro_values[:i]
+    area = float(np.sum((x[1:] - x[:-1]) * (y[1:] + y[:-1]))) / 2.0
+    if x[-1] < max_fpr:
+        x0, y0, x1, y1 = fpr[i - 1], pro_values[i - 1], fpr[i], pro_values[i]
+        y_limit = y0 + (y1 - y0) * (max_fpr - x0) / (x1 - x0)
+        area += (max_fpr - x0) * (y0 + y_limit) / 2.0
+    return float(area / max_fpr)
+
+
+def pro_curve(
+    maps: jax.typing.ArrayLike, masks: jax.typing.ArrayLike, *, max_fpr: float = 1.0
+) -> PROCurve:
+    """The exact PRO curve of a test set, up to a false-positive rate.
+
+    MVTec AD's per-region overlap (Bergmann et al. 2021, sec. 4.2) at every distinct
+    score: regions are the 8-connected components of each image's mask, pooled over
+    the set; the FPR is over all normal (mask 0) pixels of the set. Bergmann et al.
+    plot this curve up to FPR 0.3; :func:`pro` integrates it.
+
+    Args:
+      maps: (..., H, W) float anomaly maps, leading axes are images (a single
+        (H, W) map is one image); numpy or JAX. float16/bfloat16 are widened.
+      masks: (..., H, W) bool or 0/1 ground truth, the same shape; 1 = anomalous.
+      max_fpr: float in (0, 1]: the curve stops at its first point with
+        ``fpr >= max_fpr`` (the whole curve, ending at (1, 1), for 1).
+
+    Returns:
+      :class:`PROCurve` ``(fpr, pro, thresholds)`` of (T,) float64 arrays, from
+      (0, 0) at threshold ``inf``. Runs of points where only normal pixels enter
+      (horizontal, collinear) are merged, so T is at most about twice the number of
+      distinct region scores above the limit; the polyline is the exact curve.
+
+    Raises:
+      ValueError: shapes differ or rank < 2, masks not binary, no anomalous or no
+        normal pixel, NaN or inf in ``maps``, ``max_fpr`` outside (0, 1].
+      TypeError: non-floating ``maps``, non-numeric ``masks``.
+
+    Example:
+      >>> import numpy as np
+      >>> from jad.metrics import pro_curve
+      >>> maps = np.array([[0.9, 0.2], [0.1, 0.3]])
+      >>> masks = np.array([[1, 0], [0, 0]])
+      >>> curve = pro_curve(maps, masks)
+      >>> np.round(curve.fpr, 3).tolist(), curve.pro.tolist()
+      ([0.0, 0.0, 0.667, 1.0], [0.0, 1.0, 1.0, 1.0])
+    """
+    fn = "pro_curve"
+    max_fpr = _common.check_fraction(fn, "max_fpr", max_fpr)
+    return _curve(fn, maps, masks, max_fpr)
+
+
+def pro_area(curve: PROCurve, *, max_fpr: float = 0.3) -> float:
+    """Normalised area under a PRO curve up to ``max_fpr`` (AUPRO).
+
+    The MVTec AD reference rule: trapezoid over the points with ``fpr <= max_fpr``,
+    plus the piece up to ``max_fpr`` with PRO interpolated linearly on the segment
+    that crosses it, divided by ``max_fpr`` (so a perfect detector scores 1).
+
+    Args:
+      curve: a :class:`PROCurve` from :func:`pro_curve` computed with a ``max_fpr``
+        at least this one (its last FPR must reach ``max_fpr``).
+      max_fpr: float in (0, 1], the integration limit (0.3 in MVTec AD).
+
+    Returns:
+      AUPRO in [0, 1] as a Python float.
+
+    Raises:
+      ValueError: ``max_fpr`` outside (0, 1] or beyond the end of the curve.
+      TypeError: ``max_fpr`` not a number.
+
+    Example:
+      >>> import numpy as np
+      >>> from jad.metrics import PROCurve, pro_area
+      >>> curve = PROCurve(np.array([0.0, 0.1, 0.5]), np.array([0.0, 1.0, 1.0]),
+      ...                  np.array([np.inf, 0.5, 0.1]))
+      >>> round(pro_area(curve, max_fpr=0.3), 4)
+      0.8333
+    """
+    fn = "pro_area"
+    max_fpr = _common.check_fraction(fn, "max_fpr", max_fpr)
+    fpr = np.asarray(curve.fpr, np.float64)
+    values = np.asarray(curve.pro, np.float64)
+    if fpr.ndim != 1 or fpr.shape != values.shape or fpr.size == 0:
+        raise ValueError(
+            f"{fn}: curve.fpr and curve.pro must be equal-length 1-D arrays; got "
+            f"{fpr.shape} and {values.shape}."
+        )
+    if fpr[-1] < max_fpr:
+        raise ValueError(
+            f"{fn}: the curve ends at FPR {fpr[-1]:.6g} < max_fpr = {max_fpr}; "
+            "compute it with pro_curve(..., max_fpr=max_fpr) or larger."
+        )
+    return _area(fpr, values, max_fpr)
+
+
+def pro(
+    maps: jax.typing.ArrayLike, masks: jax.typing.ArrayLike, *, max_fpr: float = 0.3
+) -> float:
+    """AUPRO: the normalised area under the PRO curve up to ``max_fpr``.
+
+    MVTec AD's localisation metric (Bergmann et al., IJCV 2021, sec. 4.2): per-region
+    overlap over the 8-connected ground-truth regions of the whole set against the
+    FPR on its normal pixels, integrated with the trapezoid rule up to ``max_fpr``
+    (PRO interpolated linearly at the limit) and divided by ``max_fpr``.
+
+    Args:
+      maps: (..., H, W) float anomaly maps, leading axes are images; numpy or JAX.
+      masks: (..., H, W) bool or 0/1 ground truth, the same shape; 1 = anomalous.
+      max_fpr: float in (0, 1], the FPR integration limit (0.3 in MVTec AD).
+
+    Returns:
+      AUPRO in [0, 1] as a Python float.
+
+    Raises:
+      ValueError: shapes differ or rank < 2, masks not binary, no anomalous pixel in
+        the whole set (PRO averages over regions: undefined, raised rather than NaN),
+        no normal pixel, NaN or inf in ``maps``, ``max_fpr`` outside (0, 1].
+      TypeError: non-floating ``maps``, non-numeric ``masks``.
+
+    Note:
+      Which AUPRO: this is the exact curve at every distinct score, as anomalib >= 2.3
+      computes it (global descending sort; FPR = cumsum(normal) / n_normal; PRO =
+      cumsum(1 / |region of pixel|) / n_regions; the last point of each group of
+      tied scores; (0, 0) prepended; clipped at ``max_fpr`` with linear
+      interpolation; divided by ``max_fpr``) and equal to it to float64 rounding.
+      The MVTec AD reference code evaluates the same curve at ``num_thresholds``
+      thresholds (quantiles of the normal scores), so it differs from this value by
+      its binning only (2.8e-3 at its default of 100 thresholds and 4e-6 with 10,000
+      on a 113M-pixel benchmark; exactly equal when every distinct score is a
+      threshold). anomalib <= 2.2 averaged per-region ROC curves instead, and
+      CFLOW-AD's code rescales the FPR axis: both give other numbers.
+
+      Images without anomaly contribute normal pixels only; empty masks are fine as
+      long as the set has one anomalous pixel. Regions are per image (a defect that
+      crosses two tiles counts twice). Precision: counts are int64, PRO sums are
+      float64 (relative error ~1e-13 on 1e8 pixels). Cost: labelling, one pass over
+      the maps, and a sort of the normal scores above the limit (about
+      ``max_fpr`` of them).
+
+    Example:
+      >>> import numpy as np
+      >>> from jad.metrics import pro
+      >>> maps = np.array([[0.9, 0.2], [0.1, 0.3]])
+      >>> masks = np.array([[1, 0], [0, 0]])
+      >>> pro(maps, masks)
+      1.0
+
+    References:
+      Bergmann, Batzner, Fauser, Sattlegger, Steger, "The MVTec Anomaly Detection
+      Dataset", IJCV 129, 2021 (sec. 4.2).
+    """
+    fn = "pro"
+    max_fpr = _common.check_fraction(fn, "max_fpr", max_fpr)
+    curve = _curve(fn, maps, masks, max_fpr)
+    return _area(curve.fpr, curve.pro, max_fpr)
