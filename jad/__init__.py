@@ -1,10 +1,36 @@
 """jad: unsupervised visual anomaly detection and localisation in JAX.
 
-Subpackages (imported on demand): ``jad.sparse`` (OMP, K-SVD, dictionaries).
+Subpackages: ``jad.sparse`` (OMP, K-SVD, dictionaries), ``jad.backbones`` (Flax
+ResNets and EfficientNet-Lite), ``jad.data`` (datasets, preprocessing, built-in data),
+``jad.ops`` (blur, resize, morphology), ``jad.metrics``, ``jad.viz``, ``jad.methods``
+(PatchCore, PaDiM), ``jad.pipeline`` and ``jad.evaluation``.
 """
 
 __version__ = "0.1.0"
 
-from jad import errors, sparse  # noqa: E402
+from jad import (  # noqa: E402
+    backbones,
+    data,
+    errors,
+    evaluation,
+    methods,
+    metrics,
+    ops,
+    pipeline,
+    sparse,
+    viz,
+)
 
-__all__ = ["__version__", "errors", "sparse"]
+__all__ = [
+    "__version__",
+    "backbones",
+    "data",
+    "errors",
+    "evaluation",
+    "methods",
+    "metrics",
+    "ops",
+    "pipeline",
+    "sparse",
+    "viz",
+]

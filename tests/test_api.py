@@ -7,7 +7,19 @@ import inspect
 
 import pytest
 
-PUBLIC_MODULES = ["jad.sparse", "jad.backbones", "jad.data", "jad.ops"]
+PUBLIC_MODULES = [
+    "jad.sparse",
+    "jad.backbones",
+    "jad.data",
+    "jad.ops",
+    "jad.metrics",
+    "jad.viz",
+    "jad.methods",
+    "jad.pipeline",
+    "jad.evaluation",
+    "jad.neighbors",
+    "jad.coreset",
+]
 
 
 def public_callables():
@@ -39,6 +51,9 @@ def test_all_is_complete(name):
     exported = {
         n
         for n, obj in vars(module).items()
-        if not n.startswith("_") and (inspect.isfunction(obj) or inspect.isclass(obj))
+        if not n.startswith("_")
+        and (inspect.isfunction(obj) or inspect.isclass(obj))
+        # defined in this module or, for a package, in one of its submodules
+        and getattr(obj, "__module__", "").startswith(name)
     }
     assert exported <= set(module.__all__)

@@ -11,10 +11,10 @@ import pytest
 from jad.cli.main import main
 
 
-def test_demo_runs_and_writes_summary(tmp_path, capsys):
+def test_sparse_demo_runs_and_writes_summary(tmp_path, capsys):
     status = main(
         [
-            "demo",
+            "sparse-demo",
             "--channels",
             "8",
             "--locations",
@@ -36,14 +36,14 @@ def test_demo_runs_and_writes_summary(tmp_path, capsys):
 
 
 def test_demo_bad_option_exits_2_without_traceback(tmp_path, capsys):
-    assert main(["demo", "--channels", "0", "--out", str(tmp_path)]) == 2
+    assert main(["sparse-demo", "--channels", "0", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "error" in err and "Traceback" not in err
 
 
 def test_console_script_help():
     out = subprocess.run(
-        [sys.executable, "-m", "jad.cli.main", "demo", "--help"],
+        [sys.executable, "-m", "jad.cli.main", "sparse-demo", "--help"],
         capture_output=True,
         text=True,
         check=True,

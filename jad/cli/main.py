@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from jad import __version__
-from jad.cli import demo
+from jad.cli import commands, demo, sparse_demo
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,13 +22,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"jad {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    demo_parser = sub.add_parser(
-        "demo",
-        help="run the main job on built-in data (now: the sparse-coding core)",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    demo.add_arguments(demo_parser)
-    demo_parser.set_defaults(run=demo.run)
+    commands_table = [
+        ("demo", "fit and evaluate every method on built-in data (the main job)",
+         demo.add_arguments, demo.run),
+        ("fit", "fit a detector on a dataset's training images",
+         commands.add_fit_arguments, commands.run_fit),
+        ("evaluate", "evaluate a fitted detector on a dataset's test split",
+         commands.add_evaluate_arguments, commands.run_evaluate),
+        ("predict", "anomaly maps and scores for new images",
+         commands.add_predict_arguments, commands.run_predict),
+        ("sparse-demo", "K-SVD and OMP at PSDL's scale on planted data",
+         sparse_demo.add_arguments, sparse_demo.run),
+    ]
+    for name, help_text, add_arguments, run in commands_table:
+        command = sub.add_parser(
+            name, help=help_text, description=help_text,
+            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        )
+        add_arguments(command)
+        command.set_defaults(run=run)
     return parser
 
 

@@ -1,9 +1,7 @@
-"""``jad demo``: the main job.
+"""``jad sparse-demo``: the sparse-coding core at PSDL's scale.
 
-Until the anomaly-detection demo lands (it needs backbones, data and methods), the demo
-shows the sparse-coding core at PSDL's scale: one K-SVD dictionary per feature location
-learned in a single vmapped call, with planted ground truth so the output can be
-checked by eye.
+One K-SVD dictionary per feature location learned in a single vmapped call, with
+planted ground truth so the output can be checked by eye.
 """
 
 from __future__ import annotations
@@ -37,8 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     parser.add_argument(
         "--out",
-        default=os.path.join("results", "demo"),
-        help="output folder for summary.json (default: results/demo)",
+        default=os.path.join("results", "sparse-demo"),
+        help="output folder for summary.json (default: results/sparse-demo)",
     )
 
 
@@ -64,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     init = jnp.broadcast_to(dct_dictionary(c, c), (locs, c, c))
 
     print(
-        f"jad demo: K-SVD on {locs} locations x {n} signals x {c} channels, "
+        f"jad sparse-demo: K-SVD on {locs} locations x {n} signals x {c} channels, "
         f"sparsity {s}, {args.iterations} iterations (device: {jax.devices()[0]})"
     )
     learn = jax.jit(

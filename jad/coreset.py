@@ -1,0 +1,181 @@
+"""Greedy coreset subsampling (k-center greedy) and the random projections it uses.
+
+PatchCore (Roth et al. 2022, Alg. 1) reduces its memory bank to a fraction of the
+training patches by greedy farthest-point selection on randomly projected features:
+repeatedly take the point farthest from everything selected so far. Two public variants
+are reproduced (``../shared/reference_implementations.md`` §5.1, §5.1b):
+
+* ``"official"`` (``ApproximateGreedyCoresetSampler``): a dense projection to 128
+  dimensions (PyTorch ``Linear`` default init, uniform in +-1/sqrt(D)); the running
+  distance starts as the mean distance to 10 random points, which are *not* selected;
+* ``"anomalib"`` (``KCenterGreedy``): a sparse Johnson-Lindenstrauss projection
+  (eps = 0.9; density 1/sqrt(D), entries +-sqrt(1/density)/sqrt(n_components)); one
+  random first point, which *is* selected.
+
+The loop runs on device (``lax.fori_loop``, no host synchronisation per point) and
+keeps only the (N,) vector of distances to the selection. Distances are Euclidean,
+computed as ``sqrt(sum((x - c)^2))``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+
+from jad import _checks
+
+__all__ = [
+    "dense_random_projection",
+    "greedy_coreset",
+    "johnson_lindenstrauss_dim",
+    "sparse_random_projection",
+]
+
+
+def johnson_lindenstrauss_dim(n_samples: int, *, eps: float = 0.9) -> int:
+    """scikit-learn's ``johnson_lindenstrauss_min_dim`` (what anomalib projects to).
+
+    Args:
+      n_samples: number of points.
+      eps: distortion, in (0, 1).
+
+    Returns:
+      ``int(4 ln(n) / (eps^2 / 2 - eps^3 / 3))``.
+
+    Raises:
+      ValueError: ``n_samples < 1`` or ``eps`` outside (0, 1).
+    """
+    fn = "johnson_lindenstrauss_dim"
+    n_samples = _checks.check_int(fn, "n_samples", n_samples, low=1)
+    if not 0.0 < float(eps) < 1.0:
+        raise ValueError(f"{fn}: eps must be in (0, 1); got {eps}.")
+    return int(4 * math.log(n_samples) / (eps**2 / 2 - eps**3 / 3))
+
+
+def _check_dims(fn: str, dim_in, dim_out) -> tuple[int, int]:
+    return (
+        _checks.check_int(fn, "dim_in", dim_in, low=1),
+        _checks.check_int(fn, "dim_out", dim_out, low=1),
+    )
+
+
+def dense_random_projection(key: jax.Array, dim_in: int, dim_out: int) -> jax.Array:
+    """(dim_in, dim_out) matrix with entries uniform in +-1/sqrt(dim_in).
+
+    The distribution of PyTorch's default ``nn.Linear(dim_in, dim_out)`` weights, which
+    official PatchCore uses as its projection.
+
+    Args:
+      key: PRNG key.
+      dim_in: input dimension D.
+      dim_out: output dimension (128 in official PatchCore).
+
+    Returns:
+      float32 (dim_in, dim_out) array; project with ``features @ matrix``.
+    """
+    dim_in, dim_out = _check_dims("dense_random_projection", dim_in, dim_out)
+    bound = 1.0 / math.sqrt(dim_in)
+    return jax.random.uniform(key, (dim_in, dim_out), jnp.float32, -bound, bound)
+
+
+def sparse_random_projection(key: jax.Array, dim_in: int, dim_out: int) -> jax.Array:
+    """Achlioptas/Li sparse projection as scikit-learn's ``SparseRandomProjection``.
+
+    Density 1/sqrt(dim_in); non-zero entries are +-sqrt(1/density)/sqrt(dim_out).
+
+    Args:
+      key: PRNG key.
+      dim_in: input dimension D.
+      dim_out: output dimension (anomalib: :func:`johnson_lindenstrauss_dim`).
+
+    Returns:
+      float32 (dim_in, dim_out) array (stored dense).
+    """
+    dim_in, dim_out = _check_dims("sparse_random_projection", dim_in, dim_out)
+    density = 1.0 / math.sqrt(dim_in)
+    k_mask, k_sign = jax.random.split(key)
+    nonzero = jax.random.bernoulli(k_mask, density, (dim_in, dim_out))
+    sign = jnp.where(jax.random.bernoulli(k_sign, 0.5, (dim_in, dim_out)), 1.0, -1.0)
+    scale = math.sqrt(1.0 / density) / math.sqrt(dim_out)
+    return jnp.where(nonzero, sign * scale, 0.0).astype(jnp.float32)
+
+
+def _distances(points, center):
+    diff = points - center
+    return jnp.sqrt(jnp.sum(diff * diff, axis=-1))
+
+
+@functools.partial(jax.jit, static_argnames=("n_select",))
+def _greedy(points, initial, n_select):
+    def body(i, carry):
+        min_d, selected = carry
+        idx = jnp.argmax(min_d).astype(jnp.int32)
+        selected = selected.at[i].set(idx)
+        min_d = jnp.minimum(min_d, _distances(points, points[idx]))
+        return min_d, selected
+
+    selected = jnp.zeros((n_select,), jnp.int32)
+    _, selected = jax.lax.fori_loop(0, n_select, body, (initial, selected))
+    return selected
+
+
+def greedy_coreset(
+    points,
+    n_select: int,
+    *,
+    key: jax.Array | None = None,
+    variant: str = "official",
+    num_starting_points: int = 10,
+    starts=None,
+) -> jax.Array:
+    """Indices of a greedy k-center coreset of ``points`` (already projected).
+
+    Args:
+      points: (N, d) float array (project first with one of the projections here).
+      n_select: number of indices to return, 1 <= n_select <= N (static).
+      key: PRNG key for the random start (unused when ``starts`` is given).
+      variant: ``"official"`` (start from the mean distance to
+        ``num_starting_points`` random points, which are not selected) or
+        ``"anomalib"`` (one random first point, selected first).
+      num_starting_points: for ``"official"`` (clipped to N).
+      starts: explicit start indices instead of random ones: (num_starting_points,)
+        for ``"official"``, a single index for ``"anomalib"`` (to reproduce another
+        implementation's run exactly).
+
+    Returns:
+      (n_select,) int32 indices into ``points``, in selection order (distinct unless
+      the points have duplicates and n_select exceeds the distinct count).
+    """
+    fn = "greedy_coreset"
+    points = _checks.as_float_array(fn, "points", points)
+    _checks.check_rank(fn, "points", points, 2, "N, d")
+    n = points.shape[0]
+    n_select = _checks.check_int(fn, "n_select", n_select, low=1, high=n)
+    _checks.check_choice(fn, "variant", variant, ("official", "anomalib"))
+    if starts is None and key is None:
+        raise ValueError(f"{fn}: give a PRNG key or explicit starts.")
+    if variant == "official":
+        if starts is None:
+            count = min(
+                _checks.check_int(fn, "num_starting_points", num_starting_points,
+                                  low=1),
+                n,
+            )
+            starts = jax.random.choice(key, n, (count,), replace=False)
+        starts = jnp.atleast_1d(jnp.asarray(starts, jnp.int32))
+        initial = jnp.mean(
+            jax.vmap(lambda s: _distances(points, points[s]), out_axes=1)(starts),
+            axis=1,
+        )
+        return _greedy(points, initial, n_select)
+    if starts is None:
+        first = jax.random.randint(key, (), 0, n, jnp.int32)
+    else:
+        first = jnp.asarray(starts, jnp.int32).reshape(())
+    # Step 0 must select ``first``: it alone starts at +inf, the others at the largest
+    # finite value, which the first update replaces by their distance to ``first``.
+    initial = jnp.where(jnp.arange(n) == first, jnp.inf, jnp.finfo(points.dtype).max)
+    return _greedy(points, initial, n_select)

@@ -1,0 +1,129 @@
+"""The method protocol shared by every detector in jad.
+
+A method is a set of pure functions around a frozen config and a state pytree:
+
+* ``embed(config, features) -> embeddings``: backbone features (a dict level ->
+  (B, h, w, C)) to the per-location representation the method models, e.g.
+  PatchCore's locally aggregated patches (B, h, w, D) or PaDiM's concatenated channel
+  subset. Jittable and differentiable.
+* ``fit(config, embeddings, *, key) -> state``: from the training embeddings
+  (N, h, w, D). States are ``flax.struct`` dataclasses: pytrees of arrays (jit, vmap,
+  orbax) with the config as static metadata.
+* ``score(state, embeddings) -> (B, h, w)``: anomaly map at feature resolution.
+  Differentiable w.r.t. the embeddings, hence, through the backbone, w.r.t. the image.
+* ``image_score(state, embeddings, patch_map) -> (B,)`` (optional): the method's own
+  image score where its reference defines one (official PatchCore: the max patch
+  score before upsampling); otherwise the pipeline takes the max of the final map.
+
+Every config carries the shared post-processing fields ``levels`` (backbone levels to
+extract), ``upsample`` (``"bilinear"`` | ``"nearest"`` | ``"bicubic"``), ``sigma``
+(Gaussian blur of the upsampled map, 4 in every seed; 0 disables it) and
+``blur_mode`` (``"symmetric"`` = scipy's default ``reflect``, ``"reflect"`` = torch's).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jad import ops
+
+__all__ = ["Method", "get_method", "list_methods", "postprocess", "register"]
+
+
+class Method(NamedTuple):
+    """A registered method: its name, config type and pure functions."""
+
+    name: str
+    config_type: type
+    state_type: type
+    embed: Callable[[Any, dict], Any]
+    fit: Callable[..., Any]
+    score: Callable[[Any, Any], jax.Array]
+    image_score: Callable[[Any, Any, jax.Array], jax.Array] | None = None
+
+
+_REGISTRY: dict[str, Method] = {}
+
+
+def register(method: Method) -> Method:
+    """Adds ``method`` to the registry used by the pipeline and the CLI.
+
+    Args:
+      method: the :class:`Method` to register under ``method.name``.
+
+    Returns:
+      ``method`` unchanged.
+    """
+    _REGISTRY[method.name] = method
+    return method
+
+
+def list_methods() -> tuple[str, ...]:
+    """Names of the registered methods.
+
+    Returns:
+      The names :func:`get_method` accepts, sorted.
+    """
+    return tuple(sorted(_REGISTRY))
+
+
+def get_method(name: str) -> Method:
+    """The registered method called ``name``.
+
+    Args:
+      name: a name from :func:`list_methods`.
+
+    Returns:
+      The :class:`Method`.
+
+    Raises:
+      ValueError: unknown name (the message lists the valid ones).
+    """
+    if name not in _REGISTRY:
+        raise ValueError(
+            f"unknown method {name!r}; valid methods are {', '.join(list_methods())}."
+        )
+    return _REGISTRY[name]
+
+
+def config_dict(config) -> dict:
+    """A JSON-friendly dict of a config dataclass (tuples become lists)."""
+    return dataclasses.asdict(config)
+
+
+def postprocess(
+    patch_map: jax.Array,
+    image_size: tuple[int, int],
+    *,
+    upsample: str = "bilinear",
+    sigma: float = 4.0,
+    blur_mode: str = "symmetric",
+) -> jax.Array:
+    """Shared post-processing: upsample to the image size, then Gaussian blur.
+
+    Args:
+      patch_map: (B, h, w) anomaly map at feature resolution.
+      image_size: (H, W) of the input images (static).
+      upsample: ``"bilinear"`` (align_corners False; official PatchCore, PaDiM),
+        ``"nearest"`` (anomalib PatchCore) or ``"bicubic"`` (PSDL).
+      sigma: blur standard deviation in pixels (0: no blur). Radius int(4 sigma + 0.5).
+      blur_mode: border handling of the blur (``"symmetric"`` is scipy's default
+        ``reflect``; ``"reflect"`` is torch's).
+
+    Returns:
+      (B, H, W) float map.
+    """
+    maps = ops.resize(patch_map, tuple(image_size), method=upsample)
+    if sigma > 0:
+        maps = ops.gaussian_blur(maps, sigma, mode=blur_mode)
+    return maps
+
+
+def max_image_score(maps: jax.Array) -> jax.Array:
+    """Image score as the maximum of each (B, H, W) map (the default rule)."""
+    return jnp.max(maps, axis=(-2, -1))

@@ -1,0 +1,219 @@
+"""PaDiM (Defard et al., ICPR 2021; F2PAD section III-B.3).
+
+Each feature location (i, j) of the training images is modelled by a multivariate
+Gaussian N(mu_ij, Sigma_ij); a test location's anomaly score is its Mahalanobis distance
+(F2PAD eq. 7). Following the reference code (``xiahaifeng1995``, §5.2 of
+``../shared/reference_implementations.md``):
+
+* levels 1-3 concatenated on the grid of level 1, the coarser levels replicated by
+  nearest neighbour (the reference's unfold/fold ``embedding_concat``);
+* a fixed random subset of the concatenated channels: ``random.seed(1024)`` then
+  ``random.sample(range(total), n_features)`` with Python's ``random`` module, which
+  reproduces the reference's list exactly (100 channels for ResNet-18's 448, 550 for
+  WRN-50's 1792; 100 otherwise, as anomalib does for other backbones);
+* covariance ``np.cov`` (N - 1 normalisation) plus 0.01 I;
+* the distance through the Cholesky factor L of Sigma: ``||L^-1 (f - mu)||``, with
+  L^-1 obtained once at fit time by a triangular solve (never inverting Sigma itself),
+  so scoring is one batched matrix-vector product per location; the reference takes
+  the square root (``squared=False``), F2PAD eq. 7 uses the square (``squared=True``);
+* map: bilinear to the image size, Gaussian blur sigma 4 (scipy ``reflect``); image
+  score: the map's maximum (the reference min-max normalises maps over the test set
+  first, which changes neither AUROC nor PRO; jad reports raw scores).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jad import _checks, ops
+from jad.methods.base import Method, register
+
+__all__ = ["PaDiMConfig", "PaDiMState", "channel_subset", "embed", "fit", "score"]
+
+_DEFAULT_FEATURES = {448: 100, 1792: 550}
+
+
+def channel_subset(total: int, n_features: int | None, seed: int = 1024) -> tuple:
+    """The reference's random channel indices: ``random.seed(seed)``; ``sample``.
+
+    Args:
+      total: channels of the concatenated levels (448 for ResNet-18 levels 1-3).
+      n_features: channels to keep; ``None`` for the reference's default (100 for 448,
+        550 for 1792, else min(100, total)).
+      seed: Python ``random`` seed (1024 in the reference).
+
+    Returns:
+      Tuple of ``n_features`` distinct ints in ``range(total)``, in sample order.
+    """
+    if n_features is None:
+        n_features = _DEFAULT_FEATURES.get(total, min(100, total))
+    if not 1 <= n_features <= total:
+        raise ValueError(
+            f"PaDiM: n_features must be between 1 and {total}; got {n_features}."
+        )
+    rng = random.Random()
+    rng.seed(seed)
+    return tuple(rng.sample(range(total), n_features))
+
+
+@dataclasses.dataclass(frozen=True)
+class PaDiMConfig:
+    """PaDiM settings (defaults: the reference code).
+
+    Attributes:
+      levels: backbone levels concatenated (1, 2, 3).
+      n_features: random channels kept (``None``: 100 / 550 as the reference; an int;
+        or ``0`` to keep every channel).
+      seed: Python ``random`` seed of the channel subset (1024).
+      regularization: added to the covariance diagonal (0.01).
+      squared: squared Mahalanobis distance (F2PAD eq. 7) instead of the reference's
+        plain distance.
+      upsample, sigma, blur_mode: shared post-processing (see ``jad.methods.base``).
+    """
+
+    levels: tuple[int, ...] = (1, 2, 3)
+    n_features: int | None = None
+    seed: int = 1024
+    regularization: float = 0.01
+    squared: bool = False
+    upsample: str = "bilinear"
+    sigma: float = 4.0
+    blur_mode: str = "symmetric"
+
+    def __post_init__(self):
+        if not self.levels:
+            raise ValueError("PaDiMConfig: levels must not be empty.")
+        object.__setattr__(self, "levels", tuple(int(x) for x in self.levels))
+        if self.n_features is not None:
+            _checks.check_int("PaDiMConfig", "n_features", self.n_features, low=0)
+
+
+@flax.struct.dataclass
+class PaDiMState:
+    """A fitted PaDiM: per-location Gaussians.
+
+    Attributes:
+      mean: (h, w, d) float32 means.
+      cholesky: (h, w, d, d) lower Cholesky factors L of the regularised
+        covariances.
+      whitening: (h, w, d, d) their inverses L^-1 (lower triangular), so that the
+        squared Mahalanobis distance is ``||L^-1 (f - mu)||^2``.
+      config: the :class:`PaDiMConfig` (static).
+    """
+
+    mean: jax.Array
+    cholesky: jax.Array
+    whitening: jax.Array
+    config: PaDiMConfig = flax.struct.field(pytree_node=False)
+
+
+def _concat(config: PaDiMConfig, features: dict) -> jax.Array:
+    first = features[config.levels[0]]
+    grid = first.shape[1:3]
+    parts = []
+    for level in config.levels:
+        f = features[level]
+        if f.shape[1:3] != grid:
+            f = ops.resize(f, grid, method="nearest", channels_last=True)
+        parts.append(f)
+    return jnp.concatenate(parts, axis=-1)
+
+
+def embed(config: PaDiMConfig, features: dict) -> jax.Array:
+    """Concatenated levels on the finest grid, restricted to the random channels.
+
+    Args:
+      config: a :class:`PaDiMConfig`.
+      features: dict level -> (B, h_l, w_l, C_l) containing ``config.levels``.
+
+    Returns:
+      (B, h, w, d) embeddings (d = the subset size, or all channels when
+      ``n_features == 0``).
+    """
+    concat = _concat(config, features)
+    total = concat.shape[-1]
+    if config.n_features == 0:
+        return concat
+    idx = np.asarray(channel_subset(total, config.n_features, config.seed))
+    return concat[..., idx]
+
+
+def fit(config: PaDiMConfig, embeddings, *, key: jax.Array | None = None) -> PaDiMState:
+    """Per-location mean and regularised covariance (Cholesky-factorised).
+
+    Args:
+      config: a :class:`PaDiMConfig`.
+      embeddings: (N, h, w, d) training embeddings from :func:`embed`, N >= 2.
+      key: unused (PaDiM is deterministic); accepted for the common protocol.
+
+    Returns:
+      :class:`PaDiMState`.
+    """
+    del key
+    fn = "padim.fit"
+    embeddings = _checks.as_float_array(fn, "embeddings", embeddings)
+    _checks.check_rank(fn, "embeddings", embeddings, 4, "N, h, w, d")
+    n = embeddings.shape[0]
+    if n < 2:
+        raise ValueError(
+            f"{fn}: need at least 2 training images for a covariance; got {n}."
+        )
+    return _fit(embeddings.astype(jnp.float32), config)
+
+
+@jax.jit
+def _moments(x):
+    n = x.shape[0]
+    mean = jnp.mean(x, axis=0)
+    centred = x - mean
+    cov = jnp.einsum(
+        "nhwi,nhwj->hwij", centred, centred, precision=jax.lax.Precision.HIGHEST
+    ) / (n - 1)
+    return mean, cov
+
+
+def _fit(x, config):
+    mean, cov = _moments(x)
+    d = x.shape[-1]
+    cov = cov + config.regularization * jnp.eye(d, dtype=cov.dtype)
+    chol = jnp.linalg.cholesky(cov)
+    eye = jnp.broadcast_to(jnp.eye(d, dtype=cov.dtype), cov.shape)
+    whitening = jax.lax.linalg.triangular_solve(chol, eye, left_side=True, lower=True)
+    return PaDiMState(mean=mean, cholesky=chol, whitening=whitening, config=config)
+
+
+def score(state: PaDiMState, embeddings) -> jax.Array:
+    """Mahalanobis distance of each location to its Gaussian (eq. 7).
+
+    Args:
+      state: a fitted :class:`PaDiMState`.
+      embeddings: (B, h, w, d) test embeddings.
+
+    Returns:
+      (B, h, w) distances (squared if ``config.squared``).
+    """
+    diff = embeddings - state.mean
+    z = jnp.einsum("hwij,bhwj->bhwi", state.whitening, diff,
+                   precision=jax.lax.Precision.HIGHEST)
+    sq = jnp.sum(z * z, axis=-1)
+    if state.config.squared:
+        return sq
+    return jnp.sqrt(jnp.maximum(sq, 0.0))
+
+
+METHOD = register(
+    Method(
+        name="padim",
+        config_type=PaDiMConfig,
+        state_type=PaDiMState,
+        embed=embed,
+        fit=fit,
+        score=score,
+    )
+)

@@ -1,0 +1,388 @@
+"""The detection pipeline: backbone -> method -> post-processing, fit / predict / save.
+
+A :class:`Detector` bundles the backbone's variables, a fitted method state and the
+static facts needed to use them (method name, config, backbone name, image size). It is
+a pytree, so ``anomaly_maps(detector, images)`` is a pure, jittable function of the
+images, differentiable end to end (F2PAD back-propagates through it).
+
+``fit_detector`` streams training batches through the backbone and the method's
+``embed`` on device, keeps only the embeddings (host memory), then calls the method's
+``fit``. ``save_detector`` / ``load_detector`` store the method state with orbax and the
+rest as JSON; the backbone weights are not copied (they are re-obtained with
+:func:`jad.backbones.load_pretrained` from the recorded source).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jad import backbones as bb
+from jad.methods.base import get_method, max_image_score, postprocess
+
+__all__ = [
+    "Detector",
+    "anomaly_maps",
+    "embed_images",
+    "fit_detector",
+    "load_detector",
+    "predict",
+    "read_metadata",
+    "save_detector",
+]
+
+_FORMAT_VERSION = 1
+
+
+@flax.struct.dataclass
+class Detector:
+    """A fitted anomaly detector (a pytree: arrays are leaves, the rest is static).
+
+    Attributes:
+      variables: backbone variables (``{"params", "batch_stats"}``).
+      state: the method's fitted state.
+      method: method name (static).
+      backbone: backbone name (static).
+      image_size: (H, W) the detector was fitted at (static).
+      weights: where the backbone weights came from: ``None`` (the default
+        pretrained weights) or a file path (static; recorded for saving).
+    """
+
+    variables: Any
+    state: Any
+    method: str = flax.struct.field(pytree_node=False)
+    backbone: str = flax.struct.field(pytree_node=False)
+    image_size: tuple[int, int] = flax.struct.field(pytree_node=False)
+    weights: str | None = flax.struct.field(pytree_node=False, default=None)
+
+    @property
+    def config(self):
+        """The method config (stored on the state)."""
+        return self.state.config
+
+
+def _embed(method, config, backbone, variables, images):
+    features = bb.extract_features(backbone, variables, images, config.levels)
+    return method.embed(config, features)
+
+
+@functools.partial(jax.jit, static_argnames=("method_name", "config", "backbone"))
+def _embed_jit(variables, images, *, method_name, config, backbone):
+    return _embed(get_method(method_name), config, backbone, variables, images)
+
+
+def embed_images(method: str, config, backbone: str, variables, images) -> jax.Array:
+    """Backbone features of ``images`` turned into the method's embeddings.
+
+    Args:
+      method: method name.
+      config: the method's config.
+      backbone: backbone name.
+      variables: backbone variables.
+      images: (B, H, W, 3) ImageNet-normalised float images.
+
+    Returns:
+      The method's embeddings, e.g. (B, h, w, D).
+    """
+    return _embed_jit(
+        variables, jnp.asarray(images), method_name=method, config=config,
+        backbone=backbone,
+    )
+
+
+def _check_images(fn: str, images, image_size=None) -> np.ndarray:
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(
+            f"{fn}: images must be (B, H, W, 3); got shape {images.shape}."
+        )
+    if not np.issubdtype(images.dtype, np.floating):
+        raise TypeError(
+            f"{fn}: images must be float (ImageNet-normalised); got {images.dtype}."
+        )
+    if image_size is not None and tuple(images.shape[1:3]) != tuple(image_size):
+        raise ValueError(
+            f"{fn}: the detector was fitted on {image_size[0]}x{image_size[1]} "
+            f"images; got {images.shape[1]}x{images.shape[2]}. Resize the images "
+            "(jad.data.Transform) to the fitted size."
+        )
+    return images
+
+
+def fit_detector(
+    method: str,
+    train_batches: Iterable,
+    *,
+    backbone: str,
+    variables,
+    config=None,
+    key: jax.Array,
+    weights: str | None = None,
+    progress: bool = True,
+) -> Detector:
+    """Fits ``method`` on training images streamed in batches.
+
+    Args:
+      method: method name (:func:`jad.methods.list_methods`).
+      train_batches: iterable of (B, H, W, 3) ImageNet-normalised float batches, or of
+        objects with an ``images`` attribute (``jad.data.Batch``); all the same size.
+      backbone: backbone name.
+      variables: backbone variables (e.g. from :func:`jad.backbones.load_pretrained`).
+      config: the method's config (default: the method's paper defaults).
+      key: PRNG key for the method's fit.
+      weights: recorded source of the backbone weights (for :func:`save_detector`).
+      progress: show progress bars.
+
+    Returns:
+      The fitted :class:`Detector`.
+
+    Raises:
+      ValueError: unknown method or backbone, no training images, images of mixed
+        sizes, or a config of another method.
+    """
+    fn = "fit_detector"
+    spec = get_method(method)
+    bb.registry.check_name(fn, backbone)
+    if config is None:
+        config = spec.config_type()
+    if not isinstance(config, spec.config_type):
+        raise TypeError(
+            f"{fn}: config must be a {spec.config_type.__name__} for method "
+            f"{method!r}; got {type(config).__name__}."
+        )
+    from tqdm.auto import tqdm
+
+    chunks, image_size = [], None
+    for batch in tqdm(train_batches, desc=f"{method}: features", disable=not progress,
+                      unit="batch"):
+        images = _check_images(fn, getattr(batch, "images", batch), image_size)
+        image_size = tuple(images.shape[1:3])
+        emb = embed_images(method, config, backbone, variables, images)
+        chunks.append(np.asarray(emb))
+    if not chunks:
+        raise ValueError(f"{fn}: the training set is empty.")
+    embeddings = np.concatenate(chunks, axis=0)
+    del chunks
+    start = time.perf_counter()
+    state = spec.fit(config, embeddings, key=key)
+    jax.block_until_ready(state)
+    if progress:
+        print(f"{method}: fitted on {embeddings.shape[0]} images in "
+              f"{time.perf_counter() - start:.1f} s")
+    return Detector(
+        variables=variables, state=state, method=method, backbone=backbone,
+        image_size=image_size, weights=weights,
+    )
+
+
+def _anomaly_maps(detector: Detector, images):
+    spec = get_method(detector.method)
+    config = detector.config
+    emb = _embed(spec, config, detector.backbone, detector.variables, images)
+    patch_map = spec.score(detector.state, emb)
+    maps = postprocess(
+        patch_map, images.shape[1:3], upsample=config.upsample, sigma=config.sigma,
+        blur_mode=config.blur_mode,
+    )
+    if spec.image_score is not None:
+        scores = spec.image_score(detector.state, emb, patch_map)
+    else:
+        scores = max_image_score(maps)
+    return maps, scores
+
+
+_anomaly_maps_jit = jax.jit(_anomaly_maps)
+
+
+def anomaly_maps(detector: Detector, images) -> tuple[jax.Array, jax.Array]:
+    """Pixel anomaly maps and image scores (pure, jitted, differentiable).
+
+    Args:
+      detector: a fitted :class:`Detector`.
+      images: (B, H, W, 3) ImageNet-normalised images of the fitted size.
+
+    Returns:
+      ``(maps, scores)``: (B, H, W) float maps (upsampled and blurred as the method's
+      config says) and (B,) image scores.
+    """
+    images = jnp.asarray(images)
+    if isinstance(images, jax.core.Tracer):
+        return _anomaly_maps(detector, images)
+    _check_images("anomaly_maps", images, detector.image_size)
+    return _anomaly_maps_jit(detector, images)
+
+
+def predict(
+    detector: Detector, batches: Iterable, *, progress: bool = True
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Runs :func:`anomaly_maps` over batches and gathers the results on the host.
+
+    Args:
+      detector: a fitted :class:`Detector`.
+      batches: iterable of image arrays or ``jad.data.Batch`` es.
+      progress: show a progress bar.
+
+    Returns:
+      ``(maps (N, H, W) float32, scores (N,) float32, seconds_per_image)``; the time
+      excludes the first batch (compilation).
+    """
+    from tqdm.auto import tqdm
+
+    maps, scores, timed, count = [], [], 0.0, 0
+    for i, batch in enumerate(tqdm(batches, desc=f"{detector.method}: scoring",
+                                   disable=not progress, unit="batch")):
+        images = _check_images("predict", getattr(batch, "images", batch),
+                               detector.image_size)
+        start = time.perf_counter()
+        m, s = jax.block_until_ready(anomaly_maps(detector, images))
+        if i > 0:
+            timed += time.perf_counter() - start
+            count += images.shape[0]
+        maps.append(np.asarray(m, np.float32))
+        scores.append(np.asarray(s, np.float32))
+    if not maps:
+        raise ValueError("predict: no images.")
+    if count == 0:  # one batch only: time it again, compiled
+        start = time.perf_counter()
+        jax.block_until_ready(anomaly_maps(detector, images))
+        timed, count = time.perf_counter() - start, images.shape[0]
+    return np.concatenate(maps), np.concatenate(scores), timed / count
+
+
+# ------------------------------------------------------------------ save and restore
+
+
+def _config_from_dict(config_type, values: dict):
+    fields = {f.name: f for f in dataclasses.fields(config_type)}
+    kwargs = {}
+    for name, value in values.items():
+        if name not in fields:
+            raise ValueError(f"unknown {config_type.__name__} field {name!r}.")
+        kwargs[name] = tuple(value) if isinstance(value, list) else value
+    return config_type(**kwargs)
+
+
+def save_detector(
+    detector: Detector, directory, *, metadata: dict | None = None
+) -> Path:
+    """Saves a detector: method state with orbax, the rest as ``detector.json``.
+
+    The write goes to a temporary folder that replaces ``directory`` at the end, so
+    an interrupted save never leaves a half-written detector behind.
+
+    Args:
+      detector: a fitted :class:`Detector`.
+      directory: output folder (created; replaced if it exists).
+      metadata: JSON-serialisable extras stored with it (the CLI keeps the
+        preprocessing there); read back with :func:`read_metadata`.
+
+    Returns:
+      The folder's path.
+    """
+    import orbax.checkpoint as ocp
+
+    directory = Path(directory).absolute()
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=directory.name + ".tmp"))
+    try:
+        arrays = {
+            f.name: np.asarray(getattr(detector.state, f.name))
+            for f in dataclasses.fields(detector.state)
+            if f.name != "config"
+        }
+        ocp.PyTreeCheckpointer().save(tmp / "state", arrays)
+        meta = {
+            "format_version": _FORMAT_VERSION,
+            "method": detector.method,
+            "backbone": detector.backbone,
+            "weights": detector.weights,
+            "image_size": list(detector.image_size),
+            "config": dataclasses.asdict(detector.config),
+            "metadata": metadata or {},
+        }
+        (tmp / "detector.json").write_text(json.dumps(meta, indent=2))
+        if directory.exists():
+            shutil.rmtree(directory)
+        os.replace(tmp, directory)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return directory
+
+
+def read_metadata(directory) -> dict:
+    """The ``metadata`` stored by :func:`save_detector`.
+
+    Args:
+      directory: the saved folder.
+
+    Returns:
+      The dict (empty if none was stored).
+    """
+    return _read_meta(Path(directory)).get("metadata", {})
+
+
+def _read_meta(directory: Path) -> dict:
+    meta_path = directory / "detector.json"
+    if not meta_path.is_file():
+        raise ValueError(f"{meta_path} not found: not a saved detector.")
+    try:
+        meta = json.loads(meta_path.read_text())
+        meta["format_version"], meta["method"], meta["backbone"]  # noqa: B018
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ValueError(f"{meta_path} is corrupt ({err}).") from err
+    if meta["format_version"] > _FORMAT_VERSION:
+        raise ValueError(
+            f"{meta_path} has format {meta['format_version']}; this jad reads up to "
+            f"{_FORMAT_VERSION}."
+        )
+    return meta
+
+
+def load_detector(directory, *, variables=None, cache_dir=None) -> Detector:
+    """Restores a detector saved by :func:`save_detector`.
+
+    Args:
+      directory: the saved folder.
+      variables: backbone variables to use (default: re-obtained with
+        :func:`jad.backbones.load_pretrained` from the recorded weights source).
+      cache_dir: weight cache for :func:`jad.backbones.load_pretrained`.
+
+    Returns:
+      The :class:`Detector`, giving scores identical to the saved one.
+
+    Raises:
+      ValueError: the folder is not a saved detector (names the file), or was written
+        by a newer format.
+    """
+    import orbax.checkpoint as ocp
+
+    directory = Path(directory)
+    meta = _read_meta(directory)
+    method, backbone = meta["method"], meta["backbone"]
+    spec = get_method(method)
+    config = _config_from_dict(spec.config_type, meta["config"])
+    arrays = ocp.PyTreeCheckpointer().restore(directory / "state")
+    state = spec.state_type(
+        **{k: jnp.asarray(v) for k, v in arrays.items()}, config=config
+    )
+    if variables is None:
+        variables = bb.load_pretrained(
+            backbone, weights=meta.get("weights"), cache_dir=cache_dir, progress=False
+        )
+    return Detector(
+        variables=variables, state=state, method=method, backbone=backbone,
+        image_size=tuple(meta["image_size"]), weights=meta.get("weights"),
+    )
