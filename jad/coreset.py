@@ -148,6 +148,11 @@ def greedy_coreset(
     Returns:
       (n_select,) int32 indices into ``points``, in selection order (distinct unless
       the points have duplicates and n_select exceeds the distinct count).
+
+    Raises:
+      ValueError: bad ``points`` rank, ``n_select`` or ``variant``; neither ``key``
+        nor ``starts``; ``starts`` of the wrong shape or out of [0, N).
+      TypeError: non-float ``points``, non-integer ``starts``.
     """
     fn = "greedy_coreset"
     points = _checks.as_float_array(fn, "points", points)
@@ -157,6 +162,27 @@ def greedy_coreset(
     _checks.check_choice(fn, "variant", variant, ("official", "anomalib"))
     if starts is None and key is None:
         raise ValueError(f"{fn}: give a PRNG key or explicit starts.")
+    if starts is not None:
+        starts = jnp.asarray(starts)
+        expected = 1 if variant == "anomalib" else None
+        if starts.ndim > 1 or starts.size == 0 or expected not in (None, starts.size):
+            raise ValueError(
+                f"{fn}: starts must be "
+                + ("one index" if expected else "a non-empty 1-D array of indices")
+                + f" for variant {variant!r}; got shape {tuple(starts.shape)}."
+            )
+        if not jnp.issubdtype(starts.dtype, jnp.integer):
+            raise TypeError(
+                f"{fn}: starts must be integer indices; got {starts.dtype}."
+            )
+        # Out-of-range indices would be clamped silently by JAX's gather.
+        if _checks.is_concrete(starts) and not bool(
+            jnp.all((starts >= 0) & (starts < n))
+        ):
+            raise ValueError(
+                f"{fn}: starts must be indices in [0, {n}); got "
+                f"{jnp.ravel(starts).tolist()}."
+            )
     if variant == "official":
         if starts is None:
             count = min(

@@ -5,7 +5,8 @@ eq. 4), its restricted form (eq. 5), SPADE/SGFR's image kNN. The PyTorch tools b
 full (queries x bank) distance matrix and run out of memory on a real category; here
 the bank is scanned in chunks of ``bank_chunk`` rows with a running top-k, and queries
 are processed ``query_chunk`` at a time, so peak memory is
-``query_chunk x (bank_chunk + k)`` distances whatever the sizes.
+``query_chunk x (bank_chunk + k)`` distances plus ``query_chunk x k x D`` differences,
+whatever the sizes.
 
 Selection uses the expansion ``|q|^2 - 2 q.m + |m|^2`` (one matmul per chunk). The
 returned distances are then recomputed exactly as ``sum((q - m)^2)`` for the selected
@@ -61,13 +62,19 @@ def _search(queries, bank, *, k, squared, bank_chunk, query_chunk):
     m, dim = queries.shape
     n_q = -(-m // query_chunk)
     pad = n_q * query_chunk - m
-    q = jax.lax.stop_gradient(queries)
-    q = jnp.pad(q, ((0, pad), (0, 0))).reshape(n_q, query_chunk, dim)
+    q = jnp.pad(queries, ((0, pad), (0, 0))).reshape(n_q, query_chunk, dim)
     b = jax.lax.stop_gradient(bank)
-    idx = jax.lax.map(lambda qc: _topk_chunked(qc, b, k, bank_chunk), q)
+
+    def chunk(qc):
+        idx = _topk_chunked(jax.lax.stop_gradient(qc), b, k, bank_chunk)
+        # Exact distances of the selected neighbours, per chunk so that the
+        # (query_chunk, k, D) differences are the largest temporary.
+        diff = qc[:, None, :] - bank[idx]
+        return jnp.sum(diff * diff, axis=-1), idx
+
+    dist, idx = jax.lax.map(chunk, q)
+    dist = dist.reshape(n_q * query_chunk, k)[:m]
     idx = idx.reshape(n_q * query_chunk, k)[:m]
-    diff = queries[:, None, :] - bank[idx]
-    dist = jnp.sum(diff * diff, axis=-1)
     if not squared:
         dist = jnp.sqrt(jnp.maximum(dist, jnp.finfo(dist.dtype).tiny))
     return dist, idx

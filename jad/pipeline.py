@@ -103,13 +103,16 @@ def embed_images(method: str, config, backbone: str, variables, images) -> jax.A
     )
 
 
-def _check_images(fn: str, images, image_size=None) -> np.ndarray:
-    images = np.asarray(images)
+def _check_images(fn: str, images, image_size=None):
+    # Shapes and dtypes only, so it also runs on tracers (under a user's jit) and
+    # never copies a device array to the host.
+    if not (hasattr(images, "shape") and hasattr(images, "dtype")):
+        images = np.asarray(images)
     if images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(
             f"{fn}: images must be (B, H, W, 3); got shape {images.shape}."
         )
-    if not np.issubdtype(images.dtype, np.floating):
+    if not jnp.issubdtype(images.dtype, jnp.floating):
         raise TypeError(
             f"{fn}: images must be float (ImageNet-normalised); got {images.dtype}."
         )
@@ -219,9 +222,9 @@ def anomaly_maps(detector: Detector, images) -> tuple[jax.Array, jax.Array]:
       config says) and (B,) image scores.
     """
     images = jnp.asarray(images)
+    _check_images("anomaly_maps", images, detector.image_size)
     if isinstance(images, jax.core.Tracer):
         return _anomaly_maps(detector, images)
-    _check_images("anomaly_maps", images, detector.image_size)
     return _anomaly_maps_jit(detector, images)
 
 
@@ -237,20 +240,28 @@ def predict(
 
     Returns:
       ``(maps (N, H, W) float32, scores (N,) float32, seconds_per_image)``; the time
-      excludes the first batch (compilation).
+      excludes the first batch (compilation). A batch smaller than the first (the
+      last one, usually) is padded to the first batch's size so it reuses the compiled
+      program; the padding's results are dropped.
     """
     from tqdm.auto import tqdm
 
-    maps, scores, timed, count = [], [], 0.0, 0
+    maps, scores, timed, count, size = [], [], 0.0, 0, None
     for i, batch in enumerate(tqdm(batches, desc=f"{detector.method}: scoring",
                                    disable=not progress, unit="batch")):
         images = _check_images("predict", getattr(batch, "images", batch),
                                detector.image_size)
+        n = images.shape[0]
+        size = n if size is None else size
+        if n < size:
+            filler = np.zeros((size - n, *images.shape[1:]), images.dtype)
+            images = np.concatenate([np.asarray(images), filler])
         start = time.perf_counter()
         m, s = jax.block_until_ready(anomaly_maps(detector, images))
+        m, s = m[:n], s[:n]
         if i > 0:
             timed += time.perf_counter() - start
-            count += images.shape[0]
+            count += n
         maps.append(np.asarray(m, np.float32))
         scores.append(np.asarray(s, np.float32))
     if not maps:

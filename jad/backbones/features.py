@@ -169,4 +169,5 @@ def init_variables(name: str, key: jax.Array, *, image_size: int = 64) -> dict:
     check_name("init_variables", name)
     module = build_module(name, (0, 1, 2, 3, 4), True, None)
     dummy = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
-    return dict(module.init(key, dummy))
+    # Jitted: Flax's op-by-op initialisation of a deep network takes tens of seconds.
+    return dict(jax.jit(module.init)(key, dummy))

@@ -204,7 +204,10 @@ def score(state: PaDiMState, embeddings) -> jax.Array:
     sq = jnp.sum(z * z, axis=-1)
     if state.config.squared:
         return sq
-    return jnp.sqrt(jnp.maximum(sq, 0.0))
+    # Double where: sqrt's gradient is infinite at 0 (an embedding equal to the mean),
+    # which would make the gradient NaN; there the distance is 0 with gradient 0.
+    positive = sq > 0
+    return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), 0.0)
 
 
 METHOD = register(

@@ -1,0 +1,968 @@
+"""Benchmark: PatchCore's kernels and every method, jad against the PyTorch way.
+
+Part 1, kernels (synthetic, the issue's shapes). N images x h x w patches of D-dim
+embeddings, a sparse Johnson-Lindenstrauss projection (``jad.coreset.
+sparse_random_projection``, ``--proj-dim``, default the JL dimension for eps 0.9: 301
+for 204,800 patches), a ``--ratio`` coreset and ``--n-test`` test images. Every
+implementation gets the same projected points and the same first index:
+
+- coreset. jad: ``greedy_coreset(projected, n, variant="anomalib", starts=first)``,
+  one ``lax.fori_loop`` on device (compile time reported apart). Peer: anomalib's
+  ``KCenterGreedy`` loop in PyTorch (``torch.linalg.norm`` / ``torch.minimum`` /
+  ``int(torch.argmax(...).item())``, one host sync per selected point), on CUDA when
+  there is one. CPU reference: the same loop in NumPy. Peers may run only
+  ``--torch-steps`` / ``--numpy-steps`` points and are then extrapolated linearly
+  (each step costs the same), marked ``*``. Selected indices are compared; where two
+  first differ, the step's values (distance to the nearest selected point) of the two
+  picks are recomputed in float64: a gap within the float32 error of a distance over
+  d dimensions (about (d + 1) / 2 ulps) is a near-tie that float32 sums taken in
+  another order break either way, not a different algorithm. After it the order
+  differs; "same set" is the overlap of the two selections. "XLA temp" is the scratch
+  memory XLA planned for jad's compiled program (``memory_analysis()``).
+- 1-NN scores of the test patches against the D-dim memory bank (the rows jad
+  selected). jad: ``nearest_neighbors(test, bank, 1, squared=False)``. Peer:
+  anomalib's chunked kNN, ``torch.cdist(test_chunk, bank).min(1)`` over chunks of
+  1024 test patches. CPU reference: the same in NumPy (``|q|^2 - 2 q.m + |m|^2``,
+  clipped, square root). Largest |score difference| is reported.
+
+Part 2, methods on the embedded data set (``jad.data.builtin_dataset``, category
+``brick``; 40 train, 28 test images at 224x224) with the real ImageNet
+``efficientnet_lite0`` backbone: every registered method (PatchCore with both
+presets). Fit time is ``jad.pipeline.fit_detector`` (feature extraction, its
+compilation and the method's fit; weight loading excluded); "method fit" is the
+method's ``fit`` alone, called a second time (compiled) on the same embeddings. Score
+time per image is ``jad.pipeline.predict``'s (first batch, the compilation, excluded);
+the metrics are ``jad.evaluation.evaluate``'s, as a sanity check.
+
+Memory. Every measured run (one implementation of one kernel, one method) is a fresh
+Python process (this script re-invoked with ``--worker``), which imports only what it
+needs. Once the imports are done and the inputs loaded (on the device), the process
+notes its RSS ("inputs") and resets its high-water mark (``/proc/self/clear_refs``);
+"peak RSS" is the high-water mark (``VmHWM``) at the end, i.e. the peak of the work
+(jad: compilation included) with the interpreter, libraries and inputs resident, and
+"above inputs" is peak minus inputs. The JSON also has the whole process's peak.
+(``ru_maxrss`` is not used: on Linux it keeps the parent's high-water mark across
+fork and exec, so every child reports at least the parent's RSS; it is the fallback
+where /proc is missing.) On a GPU, "device peak" is
+``jax.devices()[0].memory_stats()["peak_bytes_in_use"]`` (whole process) and
+``torch.cuda.max_memory_allocated()`` (reset after the warm-up), inputs on the device
+included.
+
+Issue's numbers (anomalib on an H100; 200 images x 32 x 32, D 1536, 301-d, 10%):
+coreset 7.9 s, 1-NN scores of 83 test images 0.19 s. Targets on the same GPU: jad's
+coreset >= 10x faster, scoring >= 5x faster, identical selected indices.
+Ours, CPU only so far (2 cores shared with other work, so +-50% between runs; 31,360
+patches, 255-d, 3,136 selected, 83 x 784 test patches): coreset jad 8.4 s, torch
+20.6 s (2.4x), NumPy 46.6 s (5.5x); scores jad 7.4 s, torch 11.4 s, NumPy 8.3 s. The
+selected sets are identical; the order differs at a few float32 near-ties.
+
+Run:  python experiments/bench_methods.py          (3 to 6 minutes on 2 busy CPU cores)
+      python experiments/bench_methods.py --quick  (smoke run, well under a minute)
+      python experiments/bench_methods.py --no-methods          (kernels only)
+On a GPU the kernel shape defaults to the issue's (200 x 32 x 32, D 1536, 83 test
+images); on a CPU to 40 x 28 x 28 (31,360 patches, the embedded data set's PatchCore
+bank size at 224 with EfficientNet-Lite0), D 1536, 83 test images. torch (optional,
+``pip install ".[torch]"``) is needed for the peer only. Writes JSON (``--json``).
+
+On a CPU shared with other work, torch's multithreaded small ops (the coreset loop)
+can wait several times longer at OpenMP barriers than one thread needs:
+``--torch-threads 1`` gives the peer its best case there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+# ----------------------------------------------------------------------- helpers
+
+
+def _status_mib(field):
+    """``VmRSS`` / ``VmHWM`` of this process from /proc (None where there is none)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return None
+
+
+def _peak_rss_mib():
+    """High-water RSS of this address space (VmHWM; else ru_maxrss, see the notes)."""
+    hwm = _status_mib("VmHWM")
+    if hwm is not None:
+        return hwm
+    scale = 1.0 if sys.platform == "darwin" else 1024.0  # bytes on macOS, else KiB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0 / scale
+
+
+_MARK = {}
+
+
+def _mark_inputs():
+    """Called once the imports are done and the inputs loaded, before the work.
+
+    Records the current RSS and the high-water mark so far, then resets the
+    high-water mark (``/proc/self/clear_refs``, Linux >= 4.0) so that the final one
+    is the peak of the work alone.
+    """
+    import gc
+
+    gc.collect()  # host copies already handed to the device (jax on CPU copies)
+    _MARK["rss_inputs_mib"] = _status_mib("VmRSS") or _peak_rss_mib()
+    _MARK["rss_peak_before_mib"] = _peak_rss_mib()
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        _MARK["peak_reset"] = True
+    except OSError:
+        _MARK["peak_reset"] = False
+
+
+def _mib(nbytes):
+    return None if nbytes is None else nbytes / 2.0**20
+
+
+def _jax_device_stats():
+    """(bytes in use, peak bytes in use) of jax's first device; (None, None) on CPU."""
+    import jax
+
+    stats = jax.devices()[0].memory_stats()
+    if not stats or jax.default_backend() == "cpu":
+        return None, None
+    return stats.get("bytes_in_use"), stats.get("peak_bytes_in_use")
+
+
+def _xla_temp_mib(compiled):
+    """Scratch memory XLA planned for a compiled program (None if not reported)."""
+    try:
+        return _mib(compiled.memory_analysis().temp_size_in_bytes)
+    except Exception:  # noqa: BLE001 - not every backend reports it
+        return None
+
+
+def _torch_device(threads):
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _sync(device):
+    if device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+
+
+# ----------------------------------------------------------------- kernel workers
+# Each returns a dict; arrays go to files in the job's folder.
+
+
+def _w_jad_coreset(job):
+    import jax
+
+    from jad.coreset import greedy_coreset
+
+    points = jax.device_put(np.load(os.path.join(job["dir"], "projected.npy")))
+    first = jax.device_put(np.int32(job["first"]))
+    jax.block_until_ready(points)
+    _mark_inputs()
+    dev0, _ = _jax_device_stats()
+    n_select = job["n_select"]
+    fn = jax.jit(lambda p, s: greedy_coreset(p, n_select, variant="anomalib", starts=s))
+    start = time.perf_counter()
+    compiled = fn.lower(points, first).compile()
+    compile_s = time.perf_counter() - start
+    xla_temp = _xla_temp_mib(compiled)
+    start = time.perf_counter()
+    idx = jax.block_until_ready(compiled(points, first))
+    seconds = time.perf_counter() - start
+    np.save(os.path.join(job["dir"], "idx_jad.npy"), np.asarray(idx))
+    _, dev_peak = _jax_device_stats()
+    return {
+        "seconds": seconds,
+        "compile_s": compile_s,
+        "xla_temp_mib": xla_temp,
+        "steps": n_select,
+        "device_inputs_mib": _mib(dev0),
+        "device_peak_mib": _mib(dev_peak),
+    }
+
+
+def _torch_coreset_loop(features, first, steps):
+    """The loop of anomalib's KCenterGreedy: one host sync (``.item()``) per point."""
+    import torch
+
+    selected = [first]
+    min_distances = torch.linalg.norm(features - features[first], dim=1)
+    min_distances[first] = 0
+    for _ in range(steps - 1):
+        idx = int(torch.argmax(min_distances).item())
+        min_distances[idx] = 0
+        selected.append(idx)
+        min_distances = torch.minimum(
+            min_distances, torch.linalg.norm(features - features[idx], dim=1)
+        )
+    return selected
+
+
+def _w_torch_coreset(job):
+    import torch
+
+    device = _torch_device(job["threads"])
+    features = torch.from_numpy(np.load(os.path.join(job["dir"], "projected.npy")))
+    features = features.to(device)
+    _sync(device)
+    _mark_inputs()
+    dev0 = torch.cuda.memory_allocated() if device == "cuda" else None
+    steps = min(job["steps"] or job["n_select"], job["n_select"])
+    with torch.inference_mode():
+        _torch_coreset_loop(features, job["first"], 3)  # warm-up (kernels, context)
+        _sync(device)
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        start = time.perf_counter()
+        selected = _torch_coreset_loop(features, job["first"], steps)
+        _sync(device)
+        seconds = time.perf_counter() - start
+    np.save(os.path.join(job["dir"], "idx_torch.npy"), np.asarray(selected, np.int32))
+    return {
+        "seconds": seconds,
+        "steps": steps,
+        "device": device,
+        "torch_threads": torch.get_num_threads(),
+        "device_inputs_mib": _mib(dev0),
+        "device_peak_mib": _mib(
+            torch.cuda.max_memory_allocated() if device == "cuda" else None
+        ),
+    }
+
+
+def _w_numpy_coreset(job):
+    features = np.load(os.path.join(job["dir"], "projected.npy"))
+    _mark_inputs()
+    steps = min(job["steps"] or job["n_select"], job["n_select"])
+    first = job["first"]
+    start = time.perf_counter()
+    selected = [first]
+    min_distances = np.linalg.norm(features - features[first], axis=1)
+    min_distances[first] = 0
+    for _ in range(steps - 1):
+        idx = int(np.argmax(min_distances))
+        min_distances[idx] = 0
+        selected.append(idx)
+        min_distances = np.minimum(
+            min_distances, np.linalg.norm(features - features[idx], axis=1)
+        )
+    seconds = time.perf_counter() - start
+    np.save(os.path.join(job["dir"], "idx_numpy.npy"), np.asarray(selected, np.int32))
+    return {"seconds": seconds, "steps": steps}
+
+
+def _best_of(fn, repeat):
+    best, out = float("inf"), None
+    for _ in range(repeat):
+        start = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - start)
+    return best, out
+
+
+def _w_jad_score(job):
+    import jax
+
+    from jad.neighbors import nearest_neighbors
+
+    test = jax.device_put(np.load(os.path.join(job["dir"], "test.npy")))
+    bank = jax.device_put(np.load(os.path.join(job["dir"], "bank.npy")))
+    jax.block_until_ready((test, bank))
+    _mark_inputs()
+    dev0, _ = _jax_device_stats()
+    fn = jax.jit(lambda q, b: nearest_neighbors(q, b, 1, squared=False)[0][:, 0])
+    start = time.perf_counter()
+    compiled = fn.lower(test, bank).compile()
+    compile_s = time.perf_counter() - start
+    xla_temp = _xla_temp_mib(compiled)
+    seconds, scores = _best_of(
+        lambda: jax.block_until_ready(compiled(test, bank)), job["repeat"]
+    )
+    np.save(os.path.join(job["dir"], "scores_jad.npy"), np.asarray(scores))
+    _, dev_peak = _jax_device_stats()
+    return {
+        "seconds": seconds,
+        "compile_s": compile_s,
+        "xla_temp_mib": xla_temp,
+        "device_inputs_mib": _mib(dev0),
+        "device_peak_mib": _mib(dev_peak),
+    }
+
+
+def _w_torch_score(job):
+    import torch
+
+    device = _torch_device(job["threads"])
+    test = torch.from_numpy(np.load(os.path.join(job["dir"], "test.npy"))).to(device)
+    bank = torch.from_numpy(np.load(os.path.join(job["dir"], "bank.npy"))).to(device)
+    _sync(device)
+    _mark_inputs()
+    dev0 = torch.cuda.memory_allocated() if device == "cuda" else None
+    chunk = 1024
+
+    def run():
+        with torch.inference_mode():
+            out = torch.empty(test.shape[0], device=device)
+            for s in range(0, test.shape[0], chunk):
+                dist = torch.cdist(test[s : s + chunk], bank)
+                out[s : s + chunk] = dist.min(1).values
+            _sync(device)
+            return out
+
+    with torch.inference_mode():  # warm-up (cuBLAS handles, kernels)
+        torch.cdist(test[:chunk], bank).min(1)
+        _sync(device)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    seconds, scores = _best_of(run, job["repeat"])
+    np.save(os.path.join(job["dir"], "scores_torch.npy"), scores.cpu().numpy())
+    return {
+        "seconds": seconds,
+        "device": device,
+        "torch_threads": torch.get_num_threads(),
+        "device_inputs_mib": _mib(dev0),
+        "device_peak_mib": _mib(
+            torch.cuda.max_memory_allocated() if device == "cuda" else None
+        ),
+    }
+
+
+def _w_numpy_score(job):
+    test = np.load(os.path.join(job["dir"], "test.npy"))
+    bank = np.load(os.path.join(job["dir"], "bank.npy"))
+    _mark_inputs()
+    chunk = 1024
+    bank_sq = np.sum(bank * bank, axis=1)
+
+    def run():
+        out = np.empty(test.shape[0], np.float32)
+        for s in range(0, test.shape[0], chunk):
+            q = test[s : s + chunk]
+            d = np.sum(q * q, axis=1, keepdims=True) - 2.0 * (q @ bank.T) + bank_sq
+            out[s : s + chunk] = np.sqrt(np.maximum(d.min(axis=1), 0.0))
+        return out
+
+    seconds, scores = _best_of(run, job["repeat"])
+    np.save(os.path.join(job["dir"], "scores_numpy.npy"), scores)
+    return {"seconds": seconds}
+
+
+# ----------------------------------------------------------------- method worker
+
+
+def _method_config(label):
+    from jad.methods import PatchCoreConfig, get_method
+
+    if label == "patchcore-anomalib":
+        return "patchcore", PatchCoreConfig.anomalib()
+    return label, get_method(label).config_type()
+
+
+def _w_method(job):
+    import dataclasses
+
+    import jax
+
+    from jad import backbones as bb
+    from jad import data, evaluation, pipeline
+    from jad.methods import get_method
+
+    method, config = _method_config(job["label"])
+    transform = data.Transform(size=job["size"])
+    train = data.load_dataset(
+        "mvtec", job["data_root"], job["category"], "train", transform=transform
+    )
+    test = data.load_dataset(
+        "mvtec", job["data_root"], job["category"], "test", transform=transform
+    )
+    if job["num_train"]:
+        train = dataclasses.replace(train, samples=train.samples[: job["num_train"]])
+    backbone = "efficientnet_lite0"
+    variables = jax.block_until_ready(bb.load_pretrained(backbone, progress=False))
+    _mark_inputs()
+    dev0, _ = _jax_device_stats()
+    start = time.perf_counter()
+    detector = pipeline.fit_detector(
+        method,
+        train.batches(job["batch_size"]),
+        backbone=backbone,
+        variables=variables,
+        config=config,
+        key=jax.random.key(0),
+        progress=False,
+    )
+    jax.block_until_ready(detector.state)
+    fit_s = time.perf_counter() - start
+    result = evaluation.evaluate(
+        detector, test, batch_size=job["batch_size"], progress=False
+    )
+    # The method's fit alone, compiled (second call), on the same embeddings.
+    emb = np.concatenate(
+        [
+            np.asarray(
+                pipeline.embed_images(method, config, backbone, variables, b.images)
+            )
+            for b in train.batches(job["batch_size"])
+        ]
+    )
+    spec = get_method(method)
+    start = time.perf_counter()
+    jax.block_until_ready(spec.fit(config, emb, key=jax.random.key(0)))
+    method_fit_s = time.perf_counter() - start
+    _, dev_peak = _jax_device_stats()
+    m = result.metrics
+    return {
+        "method": method,
+        "preset": getattr(config, "preset", None),
+        "num_train": len(train),
+        "num_test": m["num_images"],
+        "embedding_shape": list(emb.shape),
+        "fit_s": fit_s,
+        "method_fit_s": method_fit_s,
+        "score_s_per_image": m["seconds_per_image"],
+        "image_auroc": m["image_auroc"],
+        "pixel_auroc": m["pixel_auroc"],
+        "pro": m["pro"],
+        "device_inputs_mib": _mib(dev0),
+        "device_peak_mib": _mib(dev_peak),
+    }
+
+
+WORKERS = {
+    "jad_coreset": _w_jad_coreset,
+    "torch_coreset": _w_torch_coreset,
+    "numpy_coreset": _w_numpy_coreset,
+    "jad_score": _w_jad_score,
+    "torch_score": _w_torch_score,
+    "numpy_score": _w_numpy_score,
+    "method": _w_method,
+}
+
+
+def _worker_main(path):
+    with open(path) as f:
+        job = json.load(f)
+    out = WORKERS[job["worker"]](job)
+    work_peak = _peak_rss_mib()
+    out.update(_MARK)
+    out["rss_peak_mib"] = work_peak
+    out["rss_peak_process_mib"] = max(work_peak, out["rss_peak_before_mib"])
+    out["rss_above_inputs_mib"] = work_peak - out["rss_inputs_mib"]
+    with open(path + ".out", "w") as f:
+        json.dump(out, f)
+
+
+def _spawn(workdir, env, name, **job):
+    """Runs one worker in a fresh Python process; returns its result dict."""
+    path = os.path.join(workdir, "job_" + name.replace(":", "_") + ".json")
+    with open(path, "w") as f:
+        json.dump({"worker": name.split(":")[0], "dir": workdir, **job}, f)
+    subprocess.run(
+        [sys.executable, os.path.abspath(__file__), "--worker", path],
+        env=env,
+        check=True,
+    )
+    with open(path + ".out") as f:
+        return json.load(f)
+
+
+# ------------------------------------------------------------------------ report
+
+
+def _fmt(x, spec=".2f", none="-"):
+    return none if x is None else format(x, spec)
+
+
+def _first_mismatch(a, b):
+    n = min(len(a), len(b))
+    diff = np.nonzero(a[:n] != b[:n])[0]
+    return n, (None if diff.size == 0 else int(diff[0]))
+
+
+def _near_tie(points, prefix, peer_pick, jad_pick):
+    """The step's values in float64 for the two picks, where jad and a peer first part.
+
+    Both ran the same ``prefix`` of selected points; each pick maximised, in its own
+    float32 arithmetic, the distance to the nearest point of the prefix. Returns those
+    distances in float64 and their gap in float32 ulps (positive: the peer's pick is
+    the farther), with the worst-case float32 error of a distance over d dimensions,
+    about (d + 1) / 2 ulps (a sum of d squares, then a square root).
+    """
+    centres = points[prefix].astype(np.float64)
+
+    def value(i):
+        diff = centres - points[i].astype(np.float64)
+        return float(np.sqrt(np.min(np.sum(diff * diff, axis=1))))
+
+    peer, ours = value(peer_pick), value(jad_pick)
+    ulp = float(np.spacing(np.float32(max(peer, ours))))
+    return {
+        "peer_pick": int(peer_pick),
+        "jad_pick": int(jad_pick),
+        "peer_pick_f64": peer,
+        "jad_pick_f64": ours,
+        "gap_float32_ulps": (peer - ours) / ulp,
+        "rounding_bound_ulps": (points.shape[1] + 1) / 2,
+    }
+
+
+def _kernels(args, workdir, env):
+    import jax
+
+    from jad.coreset import johnson_lindenstrauss_dim, sparse_random_projection
+
+    rng = np.random.default_rng(args.seed)
+    n_points = args.images * args.side * args.side
+    n_test = args.n_test * args.side * args.side
+    n_select = max(1, int(n_points * args.ratio))
+    proj_dim = args.proj_dim or johnson_lindenstrauss_dim(n_points, eps=0.9)
+    print(
+        f"kernels: {args.images} x {args.side} x {args.side} = {n_points} patches, "
+        f"D {args.dim}, projected to {proj_dim}, coreset {n_select} "
+        f"({args.ratio:.0%}); {args.n_test} test images = {n_test} patches",
+        flush=True,
+    )
+    features = rng.standard_normal((n_points, args.dim), dtype=np.float32)
+    first = int(rng.integers(n_points))
+    proj = np.asarray(
+        sparse_random_projection(jax.random.key(args.seed), args.dim, proj_dim)
+    )
+    projected = features @ proj
+    np.save(os.path.join(workdir, "projected.npy"), projected)
+    np.save(
+        os.path.join(workdir, "test.npy"),
+        rng.standard_normal((n_test, args.dim), dtype=np.float32),
+    )
+    info = {
+        "n_points": n_points,
+        "n_select": n_select,
+        "proj_dim": proj_dim,
+        "n_test_patches": n_test,
+        "first": first,
+    }
+    peers = []
+    if args.torch:
+        peers.append(("torch", args.torch_steps))
+    if args.numpy_steps != 0:
+        peers.append(("numpy", args.numpy_steps))
+
+    rows = []
+    r = _spawn(workdir, env, "jad_coreset", first=first, n_select=n_select)
+    rows.append({"kernel": "coreset", "impl": "jad", **r})
+    print(
+        f"  coreset jad: {r['seconds']:.2f} s (compile {r['compile_s']:.2f} s)",
+        flush=True,
+    )
+    idx_jad = np.load(os.path.join(workdir, "idx_jad.npy"))
+    for impl, steps in peers:
+        r = _spawn(
+            workdir,
+            env,
+            f"{impl}_coreset",
+            first=first,
+            n_select=n_select,
+            steps=steps,
+            threads=args.torch_threads,
+        )
+        ref = np.load(os.path.join(workdir, f"idx_{impl}.npy"))
+        compared, mismatch = _first_mismatch(idx_jad, ref)
+        if mismatch is not None:
+            r["near_tie"] = _near_tie(
+                projected, ref[:mismatch], ref[mismatch], idx_jad[mismatch]
+            )
+            r["same_set_count"] = int(
+                np.intersect1d(idx_jad[:compared], ref[:compared]).size
+            )
+            r["positions_differ"] = int(np.sum(idx_jad[:compared] != ref[:compared]))
+        r.update(
+            measured_s=r["seconds"],
+            seconds=r["seconds"] * n_select / r["steps"],
+            extrapolated=r["steps"] < n_select,
+            indices_compared=compared,
+            indices_identical=mismatch is None,
+            first_mismatch_step=mismatch,
+        )
+        rows.append({"kernel": "coreset", "impl": impl, **r})
+        print(
+            f"  coreset {impl}: {r['seconds']:.2f} s"
+            f"{' (extrapolated)' if r['extrapolated'] else ''}; indices "
+            f"{'identical' if mismatch is None else f'differ at step {mismatch}'}"
+            f" over {compared}",
+            flush=True,
+        )
+
+    if len(peers) == 2:  # the peers against each other
+        a, b = (np.load(os.path.join(workdir, f"idx_{p}.npy")) for p, _ in peers)
+        compared, mismatch = _first_mismatch(a, b)
+        info["peers_agree"] = {
+            "peers": [p for p, _ in peers],
+            "compared": compared,
+            "first_mismatch_step": mismatch,
+            "positions_differ": int(np.sum(a[:compared] != b[:compared])),
+            "same_set_count": int(np.intersect1d(a[:compared], b[:compared]).size),
+        }
+        if mismatch is not None:
+            info["peers_agree"]["near_tie"] = _near_tie(
+                projected, a[:mismatch], a[mismatch], b[mismatch]
+            )
+    np.save(os.path.join(workdir, "bank.npy"), features[idx_jad])
+    del features
+    r = _spawn(workdir, env, "jad_score", repeat=args.repeat)
+    rows.append({"kernel": "1-NN scores", "impl": "jad", **r})
+    print(
+        f"  scores jad: {r['seconds']:.3f} s (compile {r['compile_s']:.2f} s)",
+        flush=True,
+    )
+    s_jad = np.load(os.path.join(workdir, "scores_jad.npy"))
+    for impl, _ in peers:
+        r = _spawn(
+            workdir,
+            env,
+            f"{impl}_score",
+            repeat=args.repeat,
+            threads=args.torch_threads,
+        )
+        ref = np.load(os.path.join(workdir, f"scores_{impl}.npy"))
+        diff = np.abs(s_jad.astype(np.float64) - ref)
+        r.update(
+            max_abs_score_diff=float(diff.max()),
+            max_rel_score_diff=float(np.max(diff / np.abs(ref))),
+        )
+        rows.append({"kernel": "1-NN scores", "impl": impl, **r})
+        print(
+            f"  scores {impl}: {r['seconds']:.3f} s; max |diff| "
+            f"{r['max_abs_score_diff']:.2e}",
+            flush=True,
+        )
+    for row in rows:
+        jad_row = next(
+            x for x in rows if x["kernel"] == row["kernel"] and x["impl"] == "jad"
+        )
+        row["jad_speedup"] = row["seconds"] / jad_row["seconds"]
+    return info, rows
+
+
+def _tie_words(tie, names=("peer", "jad")):
+    gap, bound = tie["gap_float32_ulps"], tie["rounding_bound_ulps"]
+    kind = "a float32 near-tie" if abs(gap) <= bound else "NOT a near-tie"
+    who = f"{names[0]}'s" if gap > 0 else f"{names[1]}'s"
+    return (
+        f"{kind}: float64 gap {abs(gap):.2f} ulp (bound {bound:.0f}), "
+        f"{who} pick farther"
+    )
+
+
+def _print_kernels(info, rows, n_test):
+    print("\n### Kernels\n")
+    print(
+        "| kernel | impl | device | time s | compile s | per image ms | "
+        "jad faster | peak RSS MiB | above inputs MiB | device peak MiB | check |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        star = "*" if r.get("extrapolated") else ""
+        per_image = ""
+        if r["kernel"] == "1-NN scores":
+            per_image = f"{1e3 * r['seconds'] / n_test:.2f}"
+        if r["impl"] == "jad":
+            speed = ""
+            check = (
+                ""
+                if r.get("xla_temp_mib") is None
+                else f"XLA temp {r['xla_temp_mib']:.0f} MiB"
+            )
+        elif r["kernel"] == "coreset":
+            if r["indices_identical"]:
+                check = f"indices identical ({r['indices_compared']})"
+            else:
+                tie = r["near_tie"]
+                n = r["indices_compared"]
+                check = (
+                    f"order differs at {r['positions_differ']} of {n} steps "
+                    f"(first {r['first_mismatch_step']}: {_tie_words(tie)}); "
+                    f"same set {r['same_set_count']}/{n}"
+                )
+            speed = f"{r['jad_speedup']:.1f}x"
+        else:
+            check = f"max abs diff {r['max_abs_score_diff']:.1e}"
+            speed = f"{r['jad_speedup']:.1f}x"
+        device = r.get("device") or info["jax_device"]
+        if device == "cpu" and r.get("torch_threads"):
+            n = r["torch_threads"]
+            device = f"cpu ({n} thread{'s' if n > 1 else ''})"
+        if r["impl"] == "numpy":
+            device = "cpu"
+        print(
+            f"| {r['kernel']} | {r['impl']} | {device} | {r['seconds']:.3f}{star} | "
+            f"{_fmt(r.get('compile_s'))} | {per_image} | {speed} | "
+            f"{r['rss_peak_mib']:.0f} | {r['rss_above_inputs_mib']:.0f} | "
+            f"{_fmt(r.get('device_peak_mib'), '.0f')} | {check} |"
+        )
+    agree = info.get("peers_agree")
+    if agree:
+        same = agree["first_mismatch_step"]
+        n = agree["compared"]
+        print(
+            f"\n{' and '.join(agree['peers'])} select "
+            + (
+                "identical indices"
+                if same is None
+                else f"indices in another order at {agree['positions_differ']} of {n} "
+                f"steps (first {same}: "
+                f"{_tie_words(agree['near_tie'], agree['peers'])}); same "
+                f"set {agree['same_set_count']}/{n}"
+            )
+            + f" (over {n})."
+        )
+    if any(r.get("extrapolated") for r in rows):
+        print(
+            "\n\\* extrapolated linearly from the first "
+            + ", ".join(
+                f"{r['steps']} ({r['impl']})" for r in rows if r.get("extrapolated")
+            )
+            + " selected points."
+        )
+
+
+def _methods(args, env, workdir):
+    from jad import data
+    from jad.methods import list_methods
+
+    root = data.builtin_dataset(root=args.data_root, category=args.category)
+    labels = []
+    for name in list_methods():
+        labels.append(name)
+        if name == "patchcore":
+            labels.append("patchcore-anomalib")
+    rows = []
+    for label in labels:
+        r = _spawn(
+            workdir,
+            env,
+            f"method:{label}",
+            label=label,
+            data_root=str(root),
+            category=args.category,
+            size=args.size,
+            batch_size=args.batch_size,
+            num_train=args.num_train,
+        )
+        rows.append({"label": label, **r})
+        print(
+            f"  {label}: fit {r['fit_s']:.1f} s, score "
+            f"{1e3 * r['score_s_per_image']:.1f} ms/image, image AUROC "
+            f"{_fmt(r['image_auroc'], '.3f')}",
+            flush=True,
+        )
+    return rows
+
+
+def _print_methods(rows, args):
+    print(
+        f"\n### Methods (built-in '{args.category}', {args.size}x{args.size}, "
+        f"efficientnet_lite0, batch {args.batch_size})\n"
+    )
+    print(
+        "| method | train / test | embeddings | fit s | method fit s | "
+        "score ms/image | peak RSS MiB | above inputs MiB | device peak MiB | "
+        "image AUROC | pixel AUROC | PRO |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['label']} | {r['num_train']} / {r['num_test']} | "
+            f"{'x'.join(map(str, r['embedding_shape']))} | {r['fit_s']:.2f} | "
+            f"{r['method_fit_s']:.2f} | {1e3 * r['score_s_per_image']:.1f} | "
+            f"{r['rss_peak_mib']:.0f} | {r['rss_above_inputs_mib']:.0f} | "
+            f"{_fmt(r['device_peak_mib'], '.0f')} | "
+            f"{_fmt(r['image_auroc'], '.3f')} | {_fmt(r['pixel_auroc'], '.3f')} | "
+            f"{_fmt(r['pro'], '.3f')} |"
+        )
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--images", type=int, default=None, help="training images N (GPU 200, CPU 40)"
+    )
+    parser.add_argument(
+        "--side", type=int, default=None, help="patches per side h = w (GPU 32, CPU 28)"
+    )
+    parser.add_argument("--dim", type=int, default=1536, help="embedding dim D")
+    parser.add_argument(
+        "--proj-dim",
+        type=int,
+        default=None,
+        help="projection dim (default: JL dim for eps 0.9)",
+    )
+    parser.add_argument("--ratio", type=float, default=0.1, help="coreset ratio")
+    parser.add_argument("--n-test", type=int, default=83, help="test images")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=None,
+        help="scoring: best of R runs (GPU 3, CPU 1)",
+    )
+    parser.add_argument(
+        "--torch-steps",
+        type=int,
+        default=None,
+        help="torch coreset: time K points, extrapolate (default all)",
+    )
+    parser.add_argument(
+        "--numpy-steps",
+        type=int,
+        default=None,
+        help="NumPy coreset: time K points and extrapolate; 0 skips "
+        "NumPy (default: all on CPU, 200 on GPU)",
+    )
+    parser.add_argument(
+        "--torch-threads",
+        type=int,
+        default=None,
+        help="torch.set_num_threads for the CPU peer (default: "
+        "torch's own, one per core)",
+    )
+    parser.add_argument(
+        "--no-torch", dest="torch", action="store_false", help="skip the PyTorch peer"
+    )
+    parser.add_argument("--no-kernels", dest="kernels", action="store_false")
+    parser.add_argument("--no-methods", dest="methods", action="store_false")
+    parser.add_argument("--category", default="brick")
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=4,
+        help="divides the 28 test images: no ragged last batch",
+    )
+    parser.add_argument(
+        "--num-train",
+        type=int,
+        default=None,
+        help="use the first K training images (default all 40)",
+    )
+    parser.add_argument(
+        "--data-root", default=None, help="built-in data root (default: the jad cache)"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true", help="tiny smoke run")
+    parser.add_argument("--json", default="experiments/results/bench_methods.json")
+    args = parser.parse_args(argv)
+    if args.worker:
+        _worker_main(args.worker)
+        return
+
+    # Children get the environment as it was; this process must not take (by
+    # default 75% of) the GPU's memory while they run.
+    env = dict(os.environ)
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    import jax
+
+    backend = jax.default_backend()
+    gpu = backend == "gpu"
+    defaults = {
+        "images": 200 if gpu else 40,
+        "side": 32 if gpu else 28,
+        "repeat": 3 if gpu else 1,
+        "numpy_steps": 200 if gpu else None,
+    }
+    if args.quick:
+        defaults.update(images=4, side=16, repeat=1)
+        args.dim, args.n_test, args.size, args.num_train = 256, 4, 64, 4
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.torch:
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            print("torch is not installed: no PyTorch peer.")
+            args.torch = False
+
+    device = jax.devices()[0]
+    report = {
+        "benchmark": "bench_methods",
+        "args": vars(args),
+        "jax": jax.__version__,
+        "jax_backend": backend,
+        "jax_devices": [f"{d} ({d.device_kind})" for d in jax.devices()],
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+    }
+    if args.torch:
+        import torch
+
+        report["torch"] = torch.__version__
+        report["torch_device"] = (
+            torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+        )
+    print(
+        f"jax {jax.__version__} on {device.platform} ({device.device_kind}), "
+        f"{os.cpu_count()} CPU cores; torch peer: "
+        f"{report.get('torch_device', 'none')}",
+        flush=True,
+    )
+
+    workdir = tempfile.mkdtemp(prefix="bench_methods_")
+    try:
+        if args.kernels:
+            info, rows = _kernels(args, workdir, env)
+            info["jax_device"] = device.platform
+            report["kernels"] = {**info, "rows": rows}
+        if args.methods:
+            report["methods"] = _methods(args, env, workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    print(
+        f"\ndevice: jax {device.platform} ({device.device_kind}); "
+        f"torch {report.get('torch_device', '-')}; {os.cpu_count()} CPU cores"
+    )
+    if args.kernels:
+        _print_kernels(info, rows, args.n_test)
+        if gpu:
+            torch_rows = {r["kernel"]: r for r in rows if r["impl"] == "torch"}
+            if torch_rows:
+                c, s = torch_rows["coreset"], torch_rows["1-NN scores"]
+                print(
+                    f"\ntargets: coreset >= 10x: {c['jad_speedup']:.1f}x; "
+                    f"scores >= 5x: {s['jad_speedup']:.1f}x; identical indices: "
+                    f"{c['indices_identical']}"
+                )
+    if args.methods:
+        _print_methods(report["methods"], args)
+    if args.json:
+        os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+        print(f"\nwrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,254 @@
+"""Tests of jad.methods.padim against the reference code's numpy/scipy operations.
+
+References (xiahaifeng1995/PaDiM-Anomaly-Detection-Localization-master, §5.2 of
+``../shared/reference_implementations.md``): ``random.seed(1024)`` +
+``random.sample(range(t_d), d)`` for the channel subset, nearest replication of the
+coarser levels (written with ``np.repeat``), ``np.mean`` and
+``np.cov(rowvar=False) + 0.01 I`` per location, Mahalanobis distances with
+``np.linalg.inv`` and ``scipy.spatial.distance.mahalanobis``.
+"""
+
+from __future__ import annotations
+
+import random
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+from scipy.spatial.distance import mahalanobis
+
+from jad.methods import padim
+from jad.methods.padim import PaDiMConfig
+
+
+def _reference_sample(total, count, seed=1024):
+    """The reference's lines, run on Python's global ``random`` (state restored)."""
+    saved = random.getstate()
+    try:
+        random.seed(seed)
+        return tuple(random.sample(range(total), count))
+    finally:
+        random.setstate(saved)
+
+
+@pytest.mark.parametrize(("total", "count"), [(448, 100), (1792, 550)])
+def test_channel_subset_matches_reference_random_sample(total, count):
+    got = padim.channel_subset(total, None)
+    assert got == _reference_sample(total, count)
+    assert len(set(got)) == count and all(0 <= i < total for i in got)
+
+
+def test_channel_subset_other_sizes_and_seeds():
+    assert padim.channel_subset(176, None) == _reference_sample(176, 100)
+    assert padim.channel_subset(40, None) == _reference_sample(40, 40)
+    assert padim.channel_subset(448, 7, seed=3) == _reference_sample(448, 7, seed=3)
+    with pytest.raises(ValueError, match="n_features must be between 1 and 10"):
+        padim.channel_subset(10, 11)
+    with pytest.raises(ValueError, match="n_features"):
+        padim.channel_subset(10, 0)
+
+
+def test_channel_subset_leaves_global_random_state_alone():
+    random.seed(5)
+    expected = random.random()
+    random.seed(5)
+    padim.channel_subset(448, None)
+    assert random.random() == expected
+
+
+# ------------------------------------------------------------------------- embed
+
+
+@pytest.fixture
+def features(rng):
+    """Levels 1-3 at strides 4, 8, 16 of a 32x32 image: grids 8, 4, 2."""
+    return {
+        1: rng.standard_normal((3, 8, 8, 6)).astype(np.float32),
+        2: rng.standard_normal((3, 4, 4, 8)).astype(np.float32),
+        3: rng.standard_normal((3, 2, 2, 10)).astype(np.float32),
+    }
+
+
+def _concat_np(features):
+    parts = [features[1]]
+    for level, factor in ((2, 2), (3, 4)):
+        f = np.repeat(np.repeat(features[level], factor, axis=1), factor, axis=2)
+        parts.append(f)
+    return np.concatenate(parts, axis=-1)
+
+
+@pytest.mark.parametrize("n_features", [None, 9, 0])
+def test_embed_is_nearest_concat_then_channel_subset(features, n_features):
+    config = PaDiMConfig(n_features=n_features)
+    got = np.asarray(padim.embed(config, features))
+    concat = _concat_np(features)
+    if n_features == 0:
+        ref = concat
+    else:
+        ref = concat[..., list(_reference_sample(24, n_features or 24))]
+    assert got.shape == ref.shape
+    np.testing.assert_array_equal(got, ref)  # copies only: exact
+
+
+def test_embed_reference_default_sizes(rng):
+    # ResNet-18 levels 1-3: 64 + 128 + 256 = 448 channels -> the reference's 100.
+    feats = {
+        1: rng.standard_normal((1, 4, 4, 64)).astype(np.float32),
+        2: rng.standard_normal((1, 2, 2, 128)).astype(np.float32),
+        3: rng.standard_normal((1, 1, 1, 256)).astype(np.float32),
+    }
+    got = np.asarray(padim.embed(PaDiMConfig(), feats))
+    concat = np.concatenate(
+        [
+            feats[1],
+            np.repeat(np.repeat(feats[2], 2, 1), 2, 2),
+            np.broadcast_to(feats[3], (1, 4, 4, 256)),
+        ],
+        axis=-1,
+    )
+    np.testing.assert_array_equal(got, concat[..., list(_reference_sample(448, 100))])
+
+
+# --------------------------------------------------------------------------- fit
+
+
+@pytest.fixture
+def train(rng):
+    return rng.standard_normal((12, 3, 4, 5)).astype(np.float32)
+
+
+@pytest.fixture
+def state(train):
+    return padim.fit(PaDiMConfig(), train)
+
+
+def test_fit_mean_and_cov_match_numpy(train, state):
+    assert state.mean.shape == (3, 4, 5) and state.cholesky.shape == (3, 4, 5, 5)
+    np.testing.assert_allclose(
+        np.asarray(state.mean), train.mean(axis=0), rtol=1e-5, atol=1e-6
+    )
+    chol = np.asarray(state.cholesky, np.float64)
+    assert np.all(np.triu(chol, 1) == 0)
+    cov = chol @ np.swapaxes(chol, -1, -2)
+    for i in range(3):
+        for j in range(4):
+            ref = np.cov(train[:, i, j].astype(np.float64), rowvar=False)
+            ref += 0.01 * np.eye(5)
+            # float32 moments of O(1) data: 1e-5
+            np.testing.assert_allclose(cov[i, j], ref, rtol=1e-5, atol=1e-5)
+
+
+def test_fit_regularization_is_configurable(train):
+    state = padim.fit(PaDiMConfig(regularization=0.5), train)
+    chol = np.asarray(state.cholesky[1, 2], np.float64)
+    ref = np.cov(train[:, 1, 2].astype(np.float64), rowvar=False) + 0.5 * np.eye(5)
+    np.testing.assert_allclose(chol @ chol.T, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_fit_two_images_is_enough(train):
+    state = padim.fit(PaDiMConfig(), train[:2])
+    assert np.all(np.isfinite(np.asarray(state.cholesky)))  # rank 1 + 0.01 I
+
+
+def test_fit_bad_input(train):
+    with pytest.raises(ValueError, match="at least 2 training images"):
+        padim.fit(PaDiMConfig(), train[:1])
+    with pytest.raises(ValueError, match="at least 2 training images"):
+        padim.fit(PaDiMConfig(), train[:0])
+    with pytest.raises(ValueError, match=r"embeddings must be \(N, h, w, d\)"):
+        padim.fit(PaDiMConfig(), train[0])
+    with pytest.raises(TypeError, match="floating"):
+        padim.fit(PaDiMConfig(), train.astype(np.int64))
+
+
+def test_config_validation():
+    assert PaDiMConfig().levels == (1, 2, 3)
+    assert PaDiMConfig(levels=[1, 2]).levels == (1, 2)
+    with pytest.raises(ValueError, match="levels"):
+        PaDiMConfig(levels=())
+    with pytest.raises(ValueError, match="n_features"):
+        PaDiMConfig(n_features=-1)
+
+
+# ------------------------------------------------------------------------- score
+
+
+def _mahalanobis_np(train, test, squared, regularization=0.01):
+    out = np.empty(test.shape[:-1])
+    for i in range(train.shape[1]):
+        for j in range(train.shape[2]):
+            x = train[:, i, j].astype(np.float64)
+            mean = x.mean(axis=0)
+            cov = np.cov(x, rowvar=False) + regularization * np.eye(x.shape[-1])
+            inv = np.linalg.inv(cov)
+            for b in range(test.shape[0]):
+                d = test[b, i, j] - mean
+                out[b, i, j] = d @ inv @ d if squared else np.sqrt(d @ inv @ d)
+    return out
+
+
+@pytest.mark.parametrize("squared", [False, True])
+def test_score_matches_explicit_inverse(rng, train, squared):
+    state = padim.fit(PaDiMConfig(squared=squared), train)
+    test = rng.standard_normal((2, 3, 4, 5)).astype(np.float32)
+    got = np.asarray(padim.score(state, test))
+    assert got.shape == (2, 3, 4)
+    # float32 triangular solve vs float64 inverse, distances O(1-10): 1e-4
+    np.testing.assert_allclose(got, _mahalanobis_np(train, test, squared), rtol=1e-4)
+
+
+def test_score_matches_scipy_mahalanobis(rng, train, state):
+    test = rng.standard_normal((2, 3, 4, 5)).astype(np.float32)
+    got = np.asarray(padim.score(state, test))
+    for b, i, j in [(0, 0, 0), (1, 2, 3), (0, 1, 2)]:
+        x = train[:, i, j].astype(np.float64)
+        inv = np.linalg.inv(np.cov(x, rowvar=False) + 0.01 * np.eye(5))
+        ref = mahalanobis(test[b, i, j], x.mean(axis=0), inv)
+        assert got[b, i, j] == pytest.approx(ref, rel=1e-4)
+
+
+def test_score_of_the_mean_is_zero(state):
+    got = np.asarray(padim.score(state, state.mean[None]))
+    np.testing.assert_allclose(got, 0.0, atol=1e-6)
+    grad = jax.grad(lambda e: padim.score(state, e).sum())(state.mean[None])
+    assert np.all(np.isfinite(np.asarray(grad)))
+
+
+def test_score_jit_vmap_equal_nojit(rng, state):
+    test = rng.standard_normal((3, 3, 4, 5)).astype(np.float32)
+    ref = np.asarray(padim.score(state, test))
+    jitted = jax.jit(padim.score)(state, test)
+    np.testing.assert_allclose(np.asarray(jitted), ref, rtol=1e-6)
+    with jax.disable_jit():
+        eager = padim.score(state, test)
+    np.testing.assert_allclose(np.asarray(eager), ref, rtol=1e-6)
+    vmapped = jax.vmap(lambda e: padim.score(state, e[None])[0])(test)
+    np.testing.assert_allclose(np.asarray(vmapped), ref, rtol=1e-6)
+
+
+@pytest.mark.parametrize("squared", [False, True])
+def test_score_gradients_float64(rng, squared):
+    train = rng.standard_normal((6, 2, 2, 3)).astype(np.float32)
+    fitted = padim.fit(PaDiMConfig(squared=squared), train)
+    with jax.enable_x64(True):
+        # The fitted state's arrays in float64 (whatever fields it holds).
+        state = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), fitted)
+        test = jnp.asarray(rng.standard_normal((1, 2, 2, 3)))
+        got = padim.score(state, test)
+        assert got.dtype == jnp.float64
+        np.testing.assert_allclose(
+            np.asarray(got),
+            _mahalanobis_np(train, np.asarray(test), squared),
+            rtol=1e-4,
+        )  # the state was fitted in float32
+        check_grads(
+            lambda e: padim.score(state, e),
+            (test,),
+            order=1,
+            modes=("fwd", "rev"),
+            eps=1e-5,
+            atol=1e-7,
+            rtol=1e-7,
+        )

@@ -1,0 +1,499 @@
+"""Tests of jad.methods.patchcore (both presets) against independent references.
+
+References:
+- embedding, ``"official"``: a PyTorch transcription of amazon-science/patchcore-
+  inspection (``PatchMaker.patchify``, ``PatchCore._embed``, ``MeanMapper``,
+  ``Preprocessing``, ``Aggregator``): ``Unfold(3, padding=1)`` patches, the deeper
+  level's patches bilinearly resized to the first level's grid *before* pooling,
+  per-level ``adaptive_avg_pool1d`` then stacking and a final ``adaptive_avg_pool1d``;
+- embedding, ``"anomalib"``: ``AvgPool2d(3, 1, 1)``, bilinear ``F.interpolate``, concat;
+- coreset: the plain numpy greedy loop (see also ``tests/test_coreset.py``);
+- scores: scikit-learn ``NearestNeighbors`` and numpy formulas (anomalib's re-weighting,
+  F2PAD eq. 5).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import loosen
+from jax.test_util import check_grads
+from sklearn.neighbors import NearestNeighbors
+
+from jad.methods import patchcore
+from jad.methods.patchcore import PatchCoreConfig, PatchCoreState
+
+# ----------------------------------------------------------------- torch references
+
+
+def _nchw(torch, f):
+    return torch.from_numpy(np.ascontiguousarray(f.transpose(0, 3, 1, 2))).double()
+
+
+def torch_official_embed(feature_list, pretrain_dim, target_dim, patchsize=3):
+    """patchcore-inspection's embedding, transcribed literally (float64)."""
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    features = [_nchw(torch, f) for f in feature_list]
+
+    def patchify(features):  # PatchMaker.patchify(return_spatial_info=True)
+        padding = int((patchsize - 1) / 2)
+        unfolder = torch.nn.Unfold(
+            kernel_size=patchsize, stride=1, padding=padding, dilation=1
+        )
+        unfolded_features = unfolder(features)
+        number_of_total_patches = []
+        for s in features.shape[-2:]:
+            n_patches = (s + 2 * padding - 1 * (patchsize - 1) - 1) / 1 + 1
+            number_of_total_patches.append(int(n_patches))
+        unfolded_features = unfolded_features.reshape(
+            *features.shape[:2], patchsize, patchsize, -1
+        )
+        unfolded_features = unfolded_features.permute(0, 4, 1, 2, 3)
+        return unfolded_features, number_of_total_patches
+
+    # PatchCore._embed
+    features = [patchify(x) for x in features]
+    patch_shapes = [x[1] for x in features]
+    features = [x[0] for x in features]
+    ref_num_patches = patch_shapes[0]
+    for i in range(1, len(features)):
+        _features = features[i]
+        patch_dims = patch_shapes[i]
+        _features = _features.reshape(
+            _features.shape[0], patch_dims[0], patch_dims[1], *_features.shape[2:]
+        )
+        _features = _features.permute(0, -3, -2, -1, 1, 2)
+        perm_base_shape = _features.shape
+        _features = _features.reshape(-1, *_features.shape[-2:])
+        _features = F.interpolate(
+            _features.unsqueeze(1),
+            size=(ref_num_patches[0], ref_num_patches[1]),
+            mode="bilinear",
+            align_corners=False,
+        )
+        _features = _features.squeeze(1)
+        _features = _features.reshape(
+            *perm_base_shape[:-2], ref_num_patches[0], ref_num_patches[1]
+        )
+        _features = _features.permute(0, -2, -1, 1, 2, 3)
+        _features = _features.reshape(len(_features), -1, *_features.shape[-3:])
+        features[i] = _features
+    features = [x.reshape(-1, *x.shape[-3:]) for x in features]
+    # Preprocessing: one MeanMapper per level, stacked on dim 1
+    mapped = []
+    for feature in features:
+        feature = feature.reshape(len(feature), 1, -1)
+        mapped.append(F.adaptive_avg_pool1d(feature, pretrain_dim).squeeze(1))
+    features = torch.stack(mapped, dim=1)
+    # Aggregator
+    features = features.reshape(len(features), 1, -1)
+    features = F.adaptive_avg_pool1d(features, target_dim)
+    features = features.reshape(len(features), -1)
+    batch = feature_list[0].shape[0]
+    return features.numpy().reshape(batch, *ref_num_patches, target_dim)
+
+
+def torch_anomalib_embed(feature_list):
+    """anomalib's PatchcoreModel: AvgPool2d(3, 1, 1), bilinear, concatenation."""
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    pool = torch.nn.AvgPool2d(3, 1, 1)
+    features = [pool(_nchw(torch, f)) for f in feature_list]
+    embeddings = features[0]
+    for layer_embedding in features[1:]:
+        layer_embedding = F.interpolate(
+            layer_embedding, size=embeddings.shape[-2:], mode="bilinear"
+        )
+        embeddings = torch.cat((embeddings, layer_embedding), 1)
+    return embeddings.permute(0, 2, 3, 1).numpy()
+
+
+# ----------------------------------------------------------------------- embedding
+
+# (channels, grids): small (C*9 < 1024, the pool repeats entries), C*9 > 1024, odd
+# grids (non-integer bilinear ratio), WRN-50's 512/1024 on a tiny grid.
+_EMBED_CASES = [
+    ((16, 24), ((8, 8), (4, 4))),
+    ((130, 150), ((6, 6), (3, 3))),
+    ((16, 24), ((7, 5), (4, 3))),
+    ((512, 1024), ((4, 4), (2, 2))),
+]
+
+
+@pytest.mark.parametrize(("channels", "grids"), _EMBED_CASES)
+def test_official_embed_matches_torch_reference(rng, channels, grids):
+    feats = [
+        rng.standard_normal((2, *g, c)).astype(np.float32)
+        for c, g in zip(channels, grids, strict=True)
+    ]
+    config = PatchCoreConfig()
+    got = patchcore.embed(config, {2: feats[0], 3: feats[1]})
+    ref = torch_official_embed(feats, 1024, 1024)
+    assert got.shape == (2, *grids[0], 1024)
+    # float32 vs a float64 reference of O(1) sums: 1e-5
+    np.testing.assert_allclose(
+        np.asarray(got), ref, rtol=loosen(1e-5), atol=loosen(1e-5)
+    )
+
+
+def test_official_embed_other_dims_and_three_levels(rng):
+    grids, channels = ((8, 8), (4, 4), (2, 2)), (5, 7, 11)
+    feats = [
+        rng.standard_normal((1, *g, c)).astype(np.float32)
+        for c, g in zip(channels, grids, strict=True)
+    ]
+    config = PatchCoreConfig(levels=(1, 2, 3), pretrain_dim=37, target_dim=23)
+    got = patchcore.embed(config, dict(zip((1, 2, 3), feats, strict=True)))
+    ref = torch_official_embed(feats, 37, 23)
+    np.testing.assert_allclose(np.asarray(got), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_official_embed_wrn_closed_form(rng):
+    # reference_implementations.md §5.1: for 512/1024 -> 1024, dims 0-511 are the
+    # layer-2 channel filtered by [[.1,.1,.1],[.1,.2,.1],[.1,.1,.1]] (zero padding).
+    f2 = rng.standard_normal((1, 4, 4, 512)).astype(np.float32)
+    f3 = rng.standard_normal((1, 2, 2, 1024)).astype(np.float32)
+    got = np.asarray(patchcore.embed(PatchCoreConfig(), {2: f2, 3: f3}))
+    kernel = np.full((3, 3), 0.1)
+    kernel[1, 1] = 0.2
+    padded = np.pad(f2[0].astype(np.float64), ((1, 1), (1, 1), (0, 0)))
+    ref = sum(
+        kernel[i, j] * padded[i : i + 4, j : j + 4] for i in range(3) for j in range(3)
+    )
+    np.testing.assert_allclose(got[0, ..., :512], ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("length", "size"),
+    [(144, 1024), (1080, 1024), (10, 3), (7, 7), (2048, 1024), (5, 13)],
+)
+def test_adaptive_avg_pool_matches_torch(rng, length, size):
+    torch = pytest.importorskip("torch")
+    x = rng.standard_normal((3, length)).astype(np.float32)
+    ref = torch.nn.functional.adaptive_avg_pool1d(
+        torch.from_numpy(x.astype(np.float64))[:, None], size
+    )[:, 0].numpy()
+    got = patchcore.adaptive_avg_pool(jnp.asarray(x), size)
+    np.testing.assert_allclose(np.asarray(got), ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(("channels", "grids"), _EMBED_CASES[:3])
+def test_anomalib_embed_matches_torch_reference(rng, channels, grids):
+    feats = [
+        rng.standard_normal((2, *g, c)).astype(np.float32)
+        for c, g in zip(channels, grids, strict=True)
+    ]
+    got = patchcore.embed(PatchCoreConfig.anomalib(), {2: feats[0], 3: feats[1]})
+    ref = torch_anomalib_embed(feats)
+    assert got.shape == (2, *grids[0], sum(channels))
+    np.testing.assert_allclose(np.asarray(got), ref, rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------- fit
+
+
+@pytest.fixture
+def train_embeddings(rng):
+    return rng.standard_normal((3, 5, 4, 16)).astype(np.float32)  # N h w = 60 patches
+
+
+@pytest.mark.parametrize("preset", ["official", "anomalib"])
+def test_fit_ratio_one_keeps_every_patch(train_embeddings, preset):
+    config = PatchCoreConfig(preset=preset, coreset_ratio=1.0)
+    state = patchcore.fit(config, train_embeddings, key=jax.random.key(0))
+    np.testing.assert_array_equal(
+        np.asarray(state.memory_bank), train_embeddings.reshape(-1, 16)
+    )
+
+
+def official_greedy_np(points, n_select, starts):
+    """ApproximateGreedyCoresetSampler's loop (as in tests/test_coreset.py)."""
+    points = np.asarray(points, np.float64)
+
+    def dist(i):
+        return np.sqrt(np.sum((points - points[i]) ** 2, axis=-1))
+
+    anchor = np.mean(np.stack([dist(s) for s in starts], axis=1), axis=1)
+    selected = []
+    for _ in range(n_select):
+        idx = int(np.argmax(anchor))
+        selected.append(idx)
+        anchor = np.minimum(anchor, dist(idx))
+    return selected
+
+
+def _rows_in(rows, table):
+    return [int(np.flatnonzero(np.all(table == r, axis=1))[0]) for r in rows]
+
+
+@pytest.mark.parametrize("preset", ["official", "anomalib"])
+@pytest.mark.parametrize("ratio", [0.1, 0.5])
+def test_fit_bank_is_a_subset_of_the_right_size(train_embeddings, preset, ratio):
+    config = PatchCoreConfig(
+        preset=preset,
+        coreset_ratio=ratio,
+        projection_dim=8 if preset == "official" else None,
+    )
+    state = patchcore.fit(config, train_embeddings, key=jax.random.key(1))
+    flat = train_embeddings.reshape(-1, 16)
+    bank = np.asarray(state.memory_bank)
+    assert bank.shape == (int(60 * ratio), 16) and bank.dtype == np.float32
+    rows = _rows_in(bank, flat)  # raises IndexError if a row is not a patch
+    assert len(set(rows)) == len(rows)
+
+
+def test_fit_tiny_ratio_keeps_one_entry(train_embeddings):
+    config = PatchCoreConfig(coreset_ratio=0.001)
+    state = patchcore.fit(config, train_embeddings, key=jax.random.key(0))
+    assert state.memory_bank.shape == (1, 16)
+
+
+def test_fit_official_bank_equals_numpy_greedy_loop(train_embeddings):
+    # White-box: reproduces fit's key use (split -> projection key, start key) with
+    # jax.random directly, then runs the numpy loop of the official sampler.
+    key = jax.random.key(3)
+    config = PatchCoreConfig(coreset_ratio=0.2, projection_dim=8, num_starting_points=4)
+    state = patchcore.fit(config, train_embeddings, key=key)
+    flat = jnp.asarray(train_embeddings.reshape(-1, 16))
+    key_proj, key_start = jax.random.split(key)
+    bound = 1 / np.sqrt(16)
+    proj = jax.random.uniform(key_proj, (16, 8), jnp.float32, -bound, bound)
+    starts = np.asarray(jax.random.choice(key_start, 60, (4,), replace=False))
+    idx = official_greedy_np(np.asarray(flat @ proj), 12, starts)
+    np.testing.assert_array_equal(np.asarray(state.memory_bank), np.asarray(flat)[idx])
+
+
+def test_fit_is_seeded(train_embeddings):
+    config = PatchCoreConfig(coreset_ratio=0.3)
+    a = patchcore.fit(config, train_embeddings, key=jax.random.key(7))
+    b = patchcore.fit(config, train_embeddings, key=jax.random.key(7))
+    np.testing.assert_array_equal(np.asarray(a.memory_bank), np.asarray(b.memory_bank))
+
+
+def test_fit_bad_input(train_embeddings):
+    config = PatchCoreConfig()
+    key = jax.random.key(0)
+    with pytest.raises(ValueError, match=r"embeddings must be \(N, h, w, D\)"):
+        patchcore.fit(config, train_embeddings[0], key=key)
+    with pytest.raises(ValueError, match="empty"):
+        patchcore.fit(config, np.zeros((0, 2, 2, 4), np.float32), key=key)
+    with pytest.raises(TypeError, match="floating"):
+        patchcore.fit(config, train_embeddings.astype(np.int32), key=key)
+
+
+def test_config_validation_and_presets():
+    config = PatchCoreConfig.anomalib()
+    assert (
+        config.preset,
+        config.projection_dim,
+        config.num_neighbors,
+        config.upsample,
+        config.blur_mode,
+    ) == ("anomalib", None, 9, "nearest", "reflect")
+    assert PatchCoreConfig.anomalib(coreset_ratio=0.5).coreset_ratio == 0.5
+    official = PatchCoreConfig()
+    assert (
+        official.levels,
+        official.pretrain_dim,
+        official.target_dim,
+        official.coreset_ratio,
+        official.projection_dim,
+        official.num_starting_points,
+        official.num_neighbors,
+    ) == ((2, 3), 1024, 1024, 0.1, 128, 10, 1)
+    assert hash(PatchCoreConfig(levels=[2, 3])) == hash(official)
+    with pytest.raises(ValueError, match="preset must be one of"):
+        PatchCoreConfig(preset="faiss")
+    for ratio in (0.0, 1.5, -0.1):
+        with pytest.raises(ValueError, match="coreset_ratio"):
+            PatchCoreConfig(coreset_ratio=ratio)
+    with pytest.raises(ValueError, match="levels"):
+        PatchCoreConfig(levels=())
+    with pytest.raises(ValueError, match="num_neighbors"):
+        PatchCoreConfig(num_neighbors=0)
+
+
+# ------------------------------------------------------------------------- scores
+
+
+def _state(bank, **config):
+    preset = config.pop("preset", "official")
+    if preset == "anomalib":
+        cfg = PatchCoreConfig.anomalib(**config)
+    else:
+        cfg = PatchCoreConfig(**config)
+    return PatchCoreState(memory_bank=jnp.asarray(bank), config=cfg)
+
+
+@pytest.fixture
+def bank(rng):
+    return rng.standard_normal((40, 6)).astype(np.float32)
+
+
+@pytest.fixture
+def test_embeddings(rng):
+    return rng.standard_normal((2, 3, 4, 6)).astype(np.float32)
+
+
+def _sk(bank, queries, k):
+    nn = NearestNeighbors(n_neighbors=k, algorithm="brute").fit(bank)
+    dist, idx = nn.kneighbors(queries.reshape(-1, queries.shape[-1]))
+    return dist.reshape(*queries.shape[:-1], k), idx.reshape(*queries.shape[:-1], k)
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_official_score_matches_sklearn_squared_mean(bank, test_embeddings, k):
+    state = _state(bank, num_neighbors=k, bank_chunk=16)
+    got = patchcore.score(state, test_embeddings)
+    dist, _ = _sk(bank, test_embeddings, k)
+    assert got.shape == (2, 3, 4)
+    np.testing.assert_allclose(np.asarray(got), np.mean(dist**2, axis=-1), rtol=1e-5)
+
+
+def test_anomalib_score_matches_sklearn_plain(bank, test_embeddings):
+    state = _state(bank, preset="anomalib", bank_chunk=7)
+    got = patchcore.score(state, test_embeddings)
+    dist, _ = _sk(bank, test_embeddings, 1)
+    np.testing.assert_allclose(np.asarray(got), dist[..., 0], rtol=1e-5)
+
+
+def anomalib_image_score_np(bank, embeddings, num_neighbors):
+    """anomalib ``compute_anomaly_score`` in numpy (float64)."""
+    bank = bank.astype(np.float64)
+    flat = embeddings.reshape(embeddings.shape[0], -1, embeddings.shape[-1])
+    scores = []
+    for patches in flat.astype(np.float64):
+        d = np.sqrt(((patches[:, None] - bank[None]) ** 2).sum(-1))
+        patch_scores, locations = d.min(1), d.argmin(1)
+        if num_neighbors == 1:
+            scores.append(patch_scores.max())
+            continue
+        best = int(np.argmax(patch_scores))
+        m_star = bank[locations[best]]
+        support = np.argsort(np.sqrt(((m_star - bank) ** 2).sum(-1)), kind="stable")[
+            :num_neighbors
+        ]
+        distances = np.sqrt(((patches[best] - bank[support]) ** 2).sum(-1))
+        softmax = np.exp(distances - distances.max())
+        softmax /= softmax.sum()
+        scores.append((1 - softmax[0]) * patch_scores[best])
+    return np.array(scores)
+
+
+@pytest.mark.parametrize("num_neighbors", [1, 3, 9])
+def test_anomalib_image_score_matches_numpy(bank, test_embeddings, num_neighbors):
+    state = _state(bank, preset="anomalib", num_neighbors=num_neighbors)
+    patch_map = patchcore.score(state, test_embeddings)
+    got = patchcore.image_score(state, test_embeddings, patch_map)
+    ref = anomalib_image_score_np(bank, test_embeddings, num_neighbors)
+    assert got.shape == (2,)
+    np.testing.assert_allclose(np.asarray(got), ref, rtol=1e-5)
+    if num_neighbors > 1:  # the re-weighting really changes the score
+        assert np.all(np.asarray(got) < np.asarray(patch_map).max(axis=(1, 2)))
+
+
+def test_official_image_score_is_max_patch_score(bank, test_embeddings):
+    state = _state(bank)
+    patch_map = patchcore.score(state, test_embeddings)
+    got = patchcore.image_score(state, test_embeddings, patch_map)
+    np.testing.assert_array_equal(
+        np.asarray(got), np.asarray(patch_map).max(axis=(1, 2))
+    )
+
+
+def test_candidates_and_restricted_score_match_numpy(bank, rng):
+    state = _state(bank, bank_chunk=16)
+    initial = rng.standard_normal((3, 4, 6)).astype(np.float32)
+    cand = patchcore.candidate_indices(state, initial, num_candidates=5)
+    _, ref_idx = _sk(bank, initial, 5)
+    assert cand.shape == (3, 4, 5) and cand.dtype == jnp.int32
+    np.testing.assert_array_equal(np.asarray(cand), ref_idx)
+    # eq. 5 on other embeddings, restricted to those candidates
+    moved = initial + 0.3 * rng.standard_normal(initial.shape).astype(np.float32)
+    got = patchcore.restricted_score(state, moved, cand)
+    diff = moved[..., None, :].astype(np.float64) - bank[ref_idx]
+    ref = np.min(np.sum(diff**2, axis=-1), axis=-1)
+    np.testing.assert_allclose(np.asarray(got), ref, rtol=1e-5)
+    # restricting the search can only increase the distance
+    full = np.asarray(patchcore.score(state, moved[None]))[0]
+    assert np.all(np.asarray(got) >= full * (1 - 1e-6))
+
+
+def test_restricted_score_equals_score_when_candidates_hold_the_nearest(
+    bank, test_embeddings
+):
+    state = _state(bank)
+    cand = patchcore.candidate_indices(state, test_embeddings, num_candidates=4)
+    np.testing.assert_allclose(
+        np.asarray(patchcore.restricted_score(state, test_embeddings, cand)),
+        np.asarray(patchcore.score(state, test_embeddings)),
+        rtol=1e-6,
+    )
+
+
+def test_candidates_capped_at_bank_size(bank, test_embeddings):
+    state = _state(bank[:3])
+    cand = patchcore.candidate_indices(state, test_embeddings)  # default 50
+    assert cand.shape == (2, 3, 4, 3)
+
+
+@pytest.mark.parametrize("preset", ["official", "anomalib"])
+def test_score_jit_equals_nojit(bank, test_embeddings, preset):
+    state = _state(bank, preset=preset)
+
+    def f(s, e):
+        patch_map = patchcore.score(s, e)
+        return patch_map, patchcore.image_score(s, e, patch_map)
+
+    got_map, got_img = jax.jit(f)(state, test_embeddings)
+    ref_map, ref_img = f(state, test_embeddings)
+    np.testing.assert_allclose(np.asarray(got_map), np.asarray(ref_map), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(got_img), np.asarray(ref_img), rtol=1e-6)
+    if preset == "official":  # and fully op by op (slow, so one preset)
+        with jax.disable_jit():
+            eager = patchcore.score(state, test_embeddings)
+        np.testing.assert_allclose(np.asarray(eager), np.asarray(ref_map), rtol=1e-6)
+
+
+def test_score_vmap_equals_loop(bank, test_embeddings):
+    state = _state(bank)
+    batched = patchcore.score(state, test_embeddings)
+    looped = [patchcore.score(state, e[None])[0] for e in test_embeddings]
+    vmapped = jax.vmap(lambda e: patchcore.score(state, e[None])[0])(test_embeddings)
+    np.testing.assert_allclose(np.asarray(batched), np.stack(looped), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(vmapped), np.stack(looped), rtol=1e-6)
+
+
+def test_score_gradients_float64(rng):
+    with jax.enable_x64(True):
+        bank64 = rng.standard_normal((15, 4))
+        emb = jnp.asarray(rng.standard_normal((1, 2, 3, 4)))
+        official = _state(bank64, num_neighbors=2)
+        anomalib = _state(bank64, preset="anomalib", num_neighbors=3)
+        assert official.memory_bank.dtype == jnp.float64
+
+        def f(e):
+            patch_map = patchcore.score(anomalib, e)
+            return (
+                patchcore.score(official, e),
+                patchcore.image_score(anomalib, e, patch_map),
+            )
+
+        check_grads(f, (emb,), order=1, modes=("rev",), eps=1e-5, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("preset", ["official", "anomalib"])
+def test_score_gradients_finite_float32(bank, test_embeddings, preset):
+    state = _state(bank, preset=preset)
+    emb = jnp.asarray(test_embeddings).at[0, 0, 0].set(bank[3])  # zero distance
+
+    def total(e):
+        patch_map = patchcore.score(state, e)
+        return patch_map.sum() + patchcore.image_score(state, e, patch_map).sum()
+
+    grad = jax.grad(total)(emb)
+    assert np.all(np.isfinite(np.asarray(grad)))
+    assert np.any(np.asarray(grad) != 0)
