@@ -23,7 +23,6 @@ extract), ``upsample`` (``"bilinear"`` | ``"nearest"`` | ``"bicubic"``), ``sigma
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -89,11 +88,6 @@ def get_method(name: str) -> Method:
             f"unknown method {name!r}; valid methods are {', '.join(list_methods())}."
         )
     return _REGISTRY[name]
-
-
-def config_dict(config) -> dict:
-    """A JSON-friendly dict of a config dataclass (tuples become lists)."""
-    return dataclasses.asdict(config)
 
 
 def postprocess(
