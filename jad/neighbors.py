@@ -39,7 +39,10 @@ def _topk_chunked(queries, bank, k, bank_chunk):
     def step(carry, xs):
         best_d, best_i = carry
         chunk, ok, start = xs
-        d = q_sq - 2.0 * queries @ chunk.T + jnp.sum(chunk * chunk, axis=-1)[None]
+        # HIGHEST: on GPUs the default matmul precision (TF32) could mis-rank
+        # near-ties.
+        cross = jnp.matmul(queries, chunk.T, precision=jax.lax.Precision.HIGHEST)
+        d = q_sq - 2.0 * cross + jnp.sum(chunk * chunk, axis=-1)[None]
         d = jnp.where(ok[None], jnp.maximum(d, 0.0), jnp.inf)
         idx = start + jnp.arange(bank_chunk, dtype=jnp.int32)
         all_d = jnp.concatenate([best_d, d], axis=1)

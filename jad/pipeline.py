@@ -154,7 +154,7 @@ def fit_detector(
 
     Raises:
       ValueError: unknown method or backbone, no training images, images of mixed
-        sizes, or a config of another method.
+        sizes. TypeError: a config of another method, non-float images.
     """
     fn = "fit_detector"
     spec = get_method(method)
@@ -168,13 +168,23 @@ def fit_detector(
         )
     from tqdm.auto import tqdm
 
-    chunks, image_size = [], None
+    chunks, image_size, size, pending = [], None, None, None
     for batch in tqdm(train_batches, desc=f"{method}: features", disable=not progress,
                       unit="batch"):
         images = _check_images(fn, getattr(batch, "images", batch), image_size)
         image_size = tuple(images.shape[1:3])
-        emb = embed_images(method, config, backbone, variables, images)
-        chunks.append(np.asarray(emb))
+        n = images.shape[0]
+        size = n if size is None else size
+        if n < size:  # pad a short (last) batch: no second compilation
+            filler = np.zeros((size - n, *images.shape[1:]), images.dtype)
+            images = np.concatenate([np.asarray(images), filler])
+        emb = embed_images(method, config, backbone, variables, images)[:n]
+        # Fetch the previous batch while this one runs on the device.
+        if pending is not None:
+            chunks.append(np.asarray(pending))
+        pending = emb
+    if pending is not None:
+        chunks.append(np.asarray(pending))
     if not chunks:
         raise ValueError(f"{fn}: the training set is empty.")
     embeddings = np.concatenate(chunks, axis=0)
@@ -296,7 +306,9 @@ def save_detector(
 
     Args:
       detector: a fitted :class:`Detector`.
-      directory: output folder (created; replaced if it exists).
+      directory: output folder: created, or replaced if it holds a saved detector
+        (or is empty). Any other existing folder is refused, so ``--out .`` cannot
+        wipe a working tree.
       metadata: JSON-serialisable extras stored with it (the CLI keeps the
         preprocessing there); read back with :func:`read_metadata`.
 
@@ -306,6 +318,14 @@ def save_detector(
     import orbax.checkpoint as ocp
 
     directory = Path(directory).absolute()
+    if directory.exists() and not (
+        (directory / "detector.json").is_file()
+        or (directory.is_dir() and not any(directory.iterdir()))
+    ):
+        raise ValueError(
+            f"save_detector: {directory} exists and is not a saved detector; choose "
+            "a new or empty folder (an existing detector folder is replaced)."
+        )
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=directory.name + ".tmp"))
     try:

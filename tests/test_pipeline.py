@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -166,6 +167,19 @@ def test_save_load_round_trip(
     pipeline.save_detector(detector, folder, metadata={"note": [3]})  # replaces
     assert pipeline.read_metadata(folder) == {"note": [3]}
     assert not [p for p in tmp_path.iterdir() if p.name != "detector"]  # no debris
+    # A folder that is neither empty nor a saved detector is never replaced.
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="not a saved detector"):
+        pipeline.save_detector(detector, precious)
+    assert (precious / "notes.txt").read_text() == "keep me"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    pipeline.save_detector(detector, empty)
+    assert (empty / "detector.json").is_file()
+    for extra in (precious, empty):
+        shutil.rmtree(extra)
     loaded = pipeline.load_detector(folder, variables=real_vars)
     assert (loaded.method, loaded.backbone, loaded.image_size, loaded.config) == (
         detector.method,

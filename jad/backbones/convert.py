@@ -80,7 +80,7 @@ def _to_numpy(value) -> np.ndarray:
     return np.asarray(value)
 
 
-def _to_flax_layout(array: np.ndarray, flax_shape: tuple) -> np.ndarray:
+def _to_flax_layout(array: np.ndarray) -> np.ndarray:
     if array.ndim == 4:  # OIHW -> HWIO
         return array.transpose(2, 3, 1, 0)
     if array.ndim == 2:  # (out, in) -> (in, out)
@@ -143,7 +143,7 @@ def port_torchvision(name: str, state_dict: Mapping) -> dict:
     variables: dict = {}
     wrong = []
     for key, (flax_path, flax_shape) in layout.items():
-        array = _to_flax_layout(_to_numpy(given[key]), flax_shape)
+        array = _to_flax_layout(_to_numpy(given[key]))
         if tuple(array.shape) != flax_shape:
             wrong.append(f"{key} {tuple(_to_numpy(given[key]).shape)}")
             continue

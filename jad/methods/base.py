@@ -29,9 +29,20 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jad import ops
+from jad import _checks, ops
 
-__all__ = ["Method", "get_method", "list_methods", "postprocess", "register"]
+__all__ = [
+    "Method",
+    "check_postprocess",
+    "get_method",
+    "list_methods",
+    "max_image_score",
+    "postprocess",
+    "register",
+]
+
+UPSAMPLE_METHODS = ("bilinear", "nearest", "bicubic")
+BLUR_MODES = ("symmetric", "reflect", "edge", "constant", "wrap")
 
 
 class Method(NamedTuple):
@@ -90,6 +101,24 @@ def get_method(name: str) -> Method:
     return _REGISTRY[name]
 
 
+def check_postprocess(fn: str, config) -> None:
+    """Validates a config's shared post-processing fields (at construction).
+
+    Args:
+      fn: the config's name, for the message.
+      config: a method config with ``upsample``, ``sigma`` and ``blur_mode``.
+
+    Returns:
+      None; raises ``ValueError`` naming the field otherwise.
+    """
+    _checks.check_choice(fn, "upsample", config.upsample, UPSAMPLE_METHODS)
+    _checks.check_choice(fn, "blur_mode", config.blur_mode, BLUR_MODES)
+    if not float(config.sigma) >= 0:
+        raise ValueError(f"{fn}: sigma must be >= 0; got {config.sigma}.")
+    if not config.levels:
+        raise ValueError(f"{fn}: levels must not be empty.")
+
+
 def postprocess(
     patch_map: jax.Array,
     image_size: tuple[int, int],
@@ -119,5 +148,12 @@ def postprocess(
 
 
 def max_image_score(maps: jax.Array) -> jax.Array:
-    """Image score as the maximum of each (B, H, W) map (the default rule)."""
+    """Image score as the maximum of each map (the default rule).
+
+    Args:
+      maps: (B, H, W) anomaly maps.
+
+    Returns:
+      (B,) maxima.
+    """
     return jnp.max(maps, axis=(-2, -1))

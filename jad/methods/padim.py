@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jad import _checks, ops
-from jad.methods.base import Method, register
+from jad.methods.base import Method, check_postprocess, register
 
 __all__ = ["PaDiMConfig", "PaDiMState", "channel_subset", "embed", "fit", "score"]
 
@@ -92,6 +92,12 @@ class PaDiMConfig:
         object.__setattr__(self, "levels", tuple(int(x) for x in self.levels))
         if self.n_features is not None:
             _checks.check_int("PaDiMConfig", "n_features", self.n_features, low=0)
+        if not float(self.regularization) > 0:
+            raise ValueError(
+                "PaDiMConfig: regularization must be > 0 (with fewer training images "
+                f"than channels the covariance is singular); got {self.regularization}."
+            )
+        check_postprocess("PaDiMConfig", self)
 
 
 @flax.struct.dataclass
@@ -100,15 +106,15 @@ class PaDiMState:
 
     Attributes:
       mean: (h, w, d) float32 means.
-      cholesky: (h, w, d, d) lower Cholesky factors L of the regularised
-        covariances.
-      whitening: (h, w, d, d) their inverses L^-1 (lower triangular), so that the
-        squared Mahalanobis distance is ``||L^-1 (f - mu)||^2``.
+      whitening: (h, w, d, d) inverses L^-1 (lower triangular) of the Cholesky
+        factors L of the regularised covariances (Sigma = L L^T), so that the squared
+        Mahalanobis distance is ``||L^-1 (f - mu)||^2``. (Sigma itself, if needed,
+        is ``inv(W) inv(W)^T``; it is not stored: at WRN-50 sizes it would double
+        the state.)
       config: the :class:`PaDiMConfig` (static).
     """
 
     mean: jax.Array
-    cholesky: jax.Array
     whitening: jax.Array
     config: PaDiMConfig = flax.struct.field(pytree_node=False)
 
@@ -185,7 +191,7 @@ def _fit(x, config):
     chol = jnp.linalg.cholesky(cov)
     eye = jnp.broadcast_to(jnp.eye(d, dtype=cov.dtype), cov.shape)
     whitening = jax.lax.linalg.triangular_solve(chol, eye, left_side=True, lower=True)
-    return PaDiMState(mean=mean, cholesky=chol, whitening=whitening, config=config)
+    return PaDiMState(mean=mean, whitening=whitening, config=config)
 
 
 def score(state: PaDiMState, embeddings) -> jax.Array:

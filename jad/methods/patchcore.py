@@ -52,7 +52,7 @@ from jad.coreset import (
     johnson_lindenstrauss_dim,
     sparse_random_projection,
 )
-from jad.methods.base import Method, register
+from jad.methods.base import Method, check_postprocess, register
 from jad.neighbors import nearest_neighbors
 
 __all__ = [
@@ -115,8 +115,14 @@ class PatchCoreConfig:
         for name in ("patch_size", "pretrain_dim", "target_dim", "num_neighbors",
                      "num_starting_points", "bank_chunk"):
             _checks.check_int(fn, name, getattr(self, name), low=1)
-        if not self.levels:
-            raise ValueError(f"{fn}: levels must not be empty.")
+        if self.patch_size % 2 == 0:
+            raise ValueError(
+                f"{fn}: patch_size must be odd (a centred neighbourhood); got "
+                f"{self.patch_size}."
+            )
+        if self.projection_dim is not None:
+            _checks.check_int(fn, "projection_dim", self.projection_dim, low=1)
+        check_postprocess(fn, self)
         object.__setattr__(self, "levels", tuple(int(x) for x in self.levels))
 
     @classmethod
@@ -252,9 +258,12 @@ def fit(config: PatchCoreConfig, embeddings, *, key: jax.Array) -> PatchCoreStat
     n_select = max(1, int(n * config.coreset_ratio))
     key_proj, key_start = jax.random.split(key)
     if config.preset == "official":
-        proj = dense_random_projection(key_proj, dim, config.projection_dim or 128)
+        out_dim = 128 if config.projection_dim is None else config.projection_dim
+        proj = dense_random_projection(key_proj, dim, out_dim)
     else:
-        out_dim = config.projection_dim or johnson_lindenstrauss_dim(n, eps=0.9)
+        out_dim = config.projection_dim
+        if out_dim is None:
+            out_dim = johnson_lindenstrauss_dim(n, eps=0.9)
         proj = sparse_random_projection(key_proj, dim, out_dim)
     projected = flat @ proj
     indices = greedy_coreset(

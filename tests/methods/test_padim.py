@@ -125,12 +125,13 @@ def state(train):
 
 
 def test_fit_mean_and_cov_match_numpy(train, state):
-    assert state.mean.shape == (3, 4, 5) and state.cholesky.shape == (3, 4, 5, 5)
+    assert state.mean.shape == (3, 4, 5) and state.whitening.shape == (3, 4, 5, 5)
     np.testing.assert_allclose(
         np.asarray(state.mean), train.mean(axis=0), rtol=1e-5, atol=1e-6
     )
-    chol = np.asarray(state.cholesky, np.float64)
-    assert np.all(np.triu(chol, 1) == 0)
+    whitening = np.asarray(state.whitening, np.float64)
+    assert np.all(np.triu(whitening, 1) == 0)
+    chol = np.linalg.inv(whitening)
     cov = chol @ np.swapaxes(chol, -1, -2)
     for i in range(3):
         for j in range(4):
@@ -142,14 +143,23 @@ def test_fit_mean_and_cov_match_numpy(train, state):
 
 def test_fit_regularization_is_configurable(train):
     state = padim.fit(PaDiMConfig(regularization=0.5), train)
-    chol = np.asarray(state.cholesky[1, 2], np.float64)
+    chol = np.linalg.inv(np.asarray(state.whitening[1, 2], np.float64))
     ref = np.cov(train[:, 1, 2].astype(np.float64), rowvar=False) + 0.5 * np.eye(5)
     np.testing.assert_allclose(chol @ chol.T, ref, rtol=1e-5, atol=1e-5)
 
 
 def test_fit_two_images_is_enough(train):
     state = padim.fit(PaDiMConfig(), train[:2])
-    assert np.all(np.isfinite(np.asarray(state.cholesky)))  # rank 1 + 0.01 I
+    assert np.all(np.isfinite(np.asarray(state.whitening)))  # rank 1 + 0.01 I
+
+
+def test_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="regularization must be > 0"):
+        PaDiMConfig(regularization=0.0)
+    with pytest.raises(ValueError, match="upsample must be one of"):
+        PaDiMConfig(upsample="area")
+    with pytest.raises(ValueError, match="levels must not be empty"):
+        PaDiMConfig(levels=())
 
 
 def test_fit_bad_input(train):

@@ -307,6 +307,16 @@ def test_config_validation_and_presets():
     assert hash(PatchCoreConfig(levels=[2, 3])) == hash(official)
     with pytest.raises(ValueError, match="preset must be one of"):
         PatchCoreConfig(preset="faiss")
+    with pytest.raises(ValueError, match="patch_size must be odd"):
+        PatchCoreConfig(patch_size=2)
+    with pytest.raises(ValueError, match="upsample must be one of"):
+        PatchCoreConfig(upsample="bilinar")
+    with pytest.raises(ValueError, match="blur_mode must be one of"):
+        PatchCoreConfig(blur_mode="mirror")
+    with pytest.raises(ValueError, match="sigma must be >= 0"):
+        PatchCoreConfig(sigma=-1.0)
+    with pytest.raises(ValueError, match="projection_dim"):
+        PatchCoreConfig(projection_dim=0)
     for ratio in (0.0, 1.5, -0.1):
         with pytest.raises(ValueError, match="coreset_ratio"):
             PatchCoreConfig(coreset_ratio=ratio)
