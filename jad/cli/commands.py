@@ -193,14 +193,17 @@ def run_predict(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = {}
-    for path in args.images:
-        image = data.load_image(path, transform=transform)
+    stems = [Path(p).stem for p in args.images]
+    for index, path in enumerate(args.images):
+        raw = data.load_image(path, transform=raw_transform)  # decoded once
+        image = data.normalize_imagenet(raw) if transform.normalize else raw
         maps, scores = pipeline.anomaly_maps(detector, image[None])
         amap = np.asarray(maps[0])
-        stem = Path(path).stem
+        stem = stems[index]
+        if stems.count(stem) > 1:  # same name in different folders: keep both
+            stem = f"{index:03d}_{stem}"
         np.save(out / f"{stem}_map.npy", amap)
-        viz.save_overlay(out / f"{stem}_overlay.png",
-                         data.load_image(path, transform=raw_transform), amap)
+        viz.save_overlay(out / f"{stem}_overlay.png", raw, amap)
         results[str(path)] = float(scores[0])
         print(f"{path}: score {float(scores[0]):.4f}")
     (out / "scores.json").write_text(json.dumps(results, indent=2))
