@@ -424,6 +424,17 @@ def test_end_to_end_builtin_brick_api_and_cli(
     for name in ("image_auroc", "pixel_auroc", "pro", "pixel_ap", "seconds_per_image"):
         assert isinstance(row[name], float), name
     assert row["method"] == "padim" and row["pixel_auroc"] > 0.9, row
+    # Without data options, evaluate reads the fit's data, kind and category.
+    again_file = tmp_path / "again.json"
+    again = _cli(
+        ["evaluate", "--state", str(state), "--json", str(again_file)],
+        cache_root,
+        tmp_path,
+    )
+    assert again.returncode == 0, again.stderr
+    again_row = json.loads(again_file.read_text())
+    for name in ("image_auroc", "pixel_auroc", "pro", "pixel_ap"):
+        assert again_row[name] == row[name], name
     image = next(p for p in test.samples if p.label == 1).image_path
     out = tmp_path / "predicted"
     pred = _cli(

@@ -19,15 +19,19 @@ DEFAULT_BACKBONE = "efficientnet_lite0"
 
 
 def add_data_arguments(parser: argparse.ArgumentParser, *, required: bool) -> None:
-    """Options that locate a dataset split."""
-    parser.add_argument("--data", required=required, help="dataset root folder")
+    """Options that locate a dataset split (optional ones default to the fit's)."""
     parser.add_argument(
-        "--category", default=None,
-        help="category (sub-folder) of the dataset; not needed for mtd",
+        "--data", required=required,
+        help="dataset root folder" + ("" if required else " (default: the fit's)"),
     )
     parser.add_argument(
-        "--kind", default="mvtec", choices=data.KINDS,
-        help="folder layout of --data",
+        "--category", default=None,
+        help="category (sub-folder) of the dataset; not needed for mtd"
+        + ("" if required else " (default: the fit's)"),
+    )
+    parser.add_argument(
+        "--kind", default="mvtec" if required else None, choices=data.KINDS,
+        help="folder layout of --data" + ("" if required else " (default: the fit's)"),
     )
     parser.add_argument("--batch-size", type=int, default=8, help="images per batch")
     parser.add_argument("--workers", type=int, default=2,
@@ -128,7 +132,7 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``jad evaluate``."""
     parser.add_argument("--state", required=True,
                         help="folder written by jad fit")
-    add_data_arguments(parser, required=True)
+    add_data_arguments(parser, required=False)
     parser.add_argument("--json", default=None, help="write the metrics here")
     parser.add_argument("--overlays", default=None,
                         help="write PNG overlays into this folder")
@@ -157,6 +161,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
     """``jad evaluate``."""
     meta = pipeline.read_metadata(args.state)
     transform = _transform_from_json(meta.get("transform", {}))
+    for name in ("data", "kind", "category"):  # default to what the fit used
+        if getattr(args, name) is None:
+            setattr(args, name, meta.get(name))
+    if args.data is None:
+        raise ValueError("--data is required (the detector does not record it).")
+    args.kind = args.kind or "mvtec"
     detector = pipeline.load_detector(args.state)
     test = open_split(args, "test", transform)
     result = evaluation.evaluate(detector, test, batch_size=args.batch_size,
