@@ -428,6 +428,17 @@ def _subdirs(folder) -> list[str]:
     return [e for e in _entries(folder) if os.path.isdir(os.path.join(folder, e))]
 
 
+def _split_categories(fn: str, root, what: str) -> tuple[str, ...]:
+    """Sorted sub-folders of ``root`` that hold both ``train/`` and ``test/``."""
+    root = _require_dir(fn, root, what)
+    return tuple(
+        c
+        for c in _subdirs(root)
+        if os.path.isdir(os.path.join(root, c, "train"))
+        and os.path.isdir(os.path.join(root, c, "test"))
+    )
+
+
 def _image_files(folder, problems: _Problems, *, what: str = "image") -> list[str]:
     """Sorted image file paths in ``folder``; anything else is reported."""
     out = []

@@ -33,7 +33,7 @@ from jad.data.base import (
     _pair_masks,
     _Problems,
     _require_dir,
-    _subdirs,
+    _split_categories,
 )
 from jad.data.preprocess import DEFAULT_TRANSFORM, Transform
 
@@ -55,13 +55,7 @@ def list_btad_categories(root) -> tuple[str, ...]:
     Raises:
       DatasetError: ``root`` is not a folder.
     """
-    root = _require_dir("list_btad_categories", root, "BTAD root")
-    return tuple(
-        c
-        for c in _subdirs(root)
-        if os.path.isdir(os.path.join(root, c, "train"))
-        and os.path.isdir(os.path.join(root, c, "test"))
-    )
+    return _split_categories("list_btad_categories", root, "BTAD root")
 
 
 def load_btad(

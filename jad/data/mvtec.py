@@ -30,6 +30,7 @@ from jad.data.base import (
     _pair_masks,
     _Problems,
     _require_dir,
+    _split_categories,
     _subdirs,
 )
 from jad.data.preprocess import DEFAULT_TRANSFORM, Transform
@@ -68,13 +69,7 @@ def list_mvtec_categories(root) -> tuple[str, ...]:
     Raises:
       DatasetError: ``root`` is not a folder.
     """
-    root = _require_dir("list_mvtec_categories", root, "MVTec AD root")
-    return tuple(
-        c
-        for c in _subdirs(root)
-        if os.path.isdir(os.path.join(root, c, "train"))
-        and os.path.isdir(os.path.join(root, c, "test"))
-    )
+    return _split_categories("list_mvtec_categories", root, "MVTec AD root")
 
 
 def load_mvtec(
