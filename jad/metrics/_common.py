@@ -3,14 +3,23 @@
 Metrics are evaluation utilities, run once per test set: they take numpy or JAX arrays,
 work on the host in numpy with int64 counts and float64 sums, and return Python floats
 or numpy arrays. They are not jittable or differentiable. The only O(N log N) step is a
-sort of a scratch copy of the scores: numpy's sort on a CPU (about 7x faster than XLA's
+sort of scratch copies of the scores: numpy's sort on a CPU (about 7x faster than XLA's
 CPU sort for 1e7 float32 values, measured), ``jnp.sort`` on the accelerator when JAX's
 default backend is a GPU or TPU; everything after it is O(P log N) for P positives.
+
+On a CPU the scores are cut into one contiguous chunk per core; each core selects and
+sorts its chunk (numpy's sort releases the GIL) and the sorted chunks are never merged:
+:class:`SortedRuns` answers the questions the metrics ask (how many scores lie below a
+value, the k-th largest score) by summing binary searches over the runs.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +28,10 @@ import numpy as np
 # None: sort on the accelerator when JAX's default backend is not the CPU. Tests set it
 # to True to run the device path on a CPU.
 _DEVICE_SORT: bool | None = None
+# Smallest chunk worth a thread of its own (tests lower it to exercise several runs).
+_MIN_CHUNK = 1 << 20
+
+T = TypeVar("T")
 
 
 def as_scores(fn: str, name: str, x) -> np.ndarray:
@@ -111,6 +124,119 @@ def check_fraction(fn: str, name: str, value) -> float:
     return value
 
 
+def _device_sorting() -> bool:
+    return jax.default_backend() != "cpu" if _DEVICE_SORT is None else _DEVICE_SORT
+
+
+def _num_workers() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def map_chunks(fn: Callable[[slice], T], size: int) -> list[T]:
+    """``fn`` applied to contiguous slices covering ``range(size)``, one per core.
+
+    The slices are in order and each has at least ``_MIN_CHUNK`` elements (one slice
+    for small inputs, or when sorting on an accelerator); they run on a thread pool,
+    so ``fn`` should spend its time in numpy calls that release the GIL (sort).
+    """
+    workers = 1 if _device_sorting() else _num_workers()
+    parts = max(1, min(workers, size // _MIN_CHUNK))
+    bounds = np.linspace(0, size, parts + 1).astype(np.int64)
+    slices = [
+        slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+    ]
+    if parts == 1:
+        return [fn(slices[0])]
+    with ThreadPoolExecutor(parts) as pool:
+        return list(pool.map(fn, slices))
+
+
+class SortedRuns(NamedTuple):
+    """A multiset of scores held as ascending runs (one per sorted chunk), unmerged.
+
+    Attributes:
+      runs: ascending 1-D arrays of one dtype; together they are the multiset.
+    """
+
+    runs: tuple[np.ndarray, ...]
+
+    @property
+    def size(self) -> int:
+        return sum(run.size for run in self.runs)
+
+    def count_below(self, values: np.ndarray) -> np.ndarray:
+        """(len(values),) int64: how many scores are < each value."""
+        return self.counts_below(values)[0]
+
+    def counts_below(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(# scores < v, # scores <= v) for each v in ``values``, int64 arrays.
+
+        One binary search per run and value (the runs searched on a thread pool);
+        the "<=" count needs a second search only for values that occur in a run.
+        """
+        values = np.asarray(values)
+
+        def search(run: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            below = np.searchsorted(run, values, side="left")
+            if run.size == 0:
+                return below, below
+            tied = run[np.minimum(below, run.size - 1)] == values
+            below_or_tied = below.copy()
+            below_or_tied[tied] = np.searchsorted(run, values[tied], side="right")
+            return below, below_or_tied
+
+        if len(self.runs) > 1 and values.size >= _MIN_CHUNK // 16:
+            with ThreadPoolExecutor(min(len(self.runs), _num_workers())) as pool:
+                found = list(pool.map(search, self.runs))
+        else:
+            found = [search(run) for run in self.runs]
+        below = np.zeros(values.shape, np.int64)
+        below_or_tied = np.zeros(values.shape, np.int64)
+        for lo, hi in found:
+            below += lo
+            below_or_tied += hi
+        return below, below_or_tied
+
+    def kth_largest(self, k: int):
+        """The k-th largest score, counting repeats (k in 1..size).
+
+        Binary search, run by run, for the element whose ascending position range
+        ``[#scores < v, #scores <= v)`` holds ``size - k``: O(runs^2 log^2 n).
+        """
+        rank = self.size - k
+        if not 0 <= rank < self.size:
+            raise ValueError(f"k must be in 1..{self.size}; got {k}.")
+        for run in self.runs:
+            lo, hi = 0, run.size
+            while lo < hi:
+                mid = (lo + hi) // 2
+                below, below_or_tied = self.counts_below(run[mid : mid + 1])
+                if rank < int(below[0]):
+                    hi = mid
+                elif rank >= int(below_or_tied[0]):
+                    lo = mid + 1
+                else:
+                    return run[mid]
+        raise AssertionError("unreachable: the runs are not sorted")
+
+    def distinct(self) -> np.ndarray:
+        """The distinct scores, ascending."""
+        parts = [distinct(run)[0] for run in self.runs if run.size]
+        if not parts:
+            return np.zeros(0, self.runs[0].dtype if self.runs else np.float32)
+        return distinct(merge_sorted(parts))[0]
+
+
+def merge_sorted(runs: Sequence[np.ndarray]) -> np.ndarray:
+    """One ascending array from ascending runs (timsort merges runs in linear time)."""
+    if len(runs) == 1:
+        return runs[0]
+    return np.sort(np.concatenate(runs), kind="stable")
+
+
 def sort_scratch(values: np.ndarray) -> np.ndarray:
     """Sorts ``values`` ascending; ``values`` is a scratch copy owned by the caller.
 
@@ -119,10 +245,7 @@ def sort_scratch(values: np.ndarray) -> np.ndarray:
     comes back; NaN never occurs (inputs are checked), and -0.0 == 0.0 compare equal
     in both sorts, so ties are the same.
     """
-    device = _DEVICE_SORT
-    if device is None:
-        device = jax.default_backend() != "cpu"
-    if not device or values.size < 2:
+    if not _device_sorting() or values.size < 2:
         values.sort()
         return values
     scope = (
@@ -137,6 +260,8 @@ _device_sort = jax.jit(jnp.sort)
 
 def distinct(sorted_values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Distinct values of an ascending array and the index of each one's last copy."""
+    if sorted_values.size == 0:
+        return sorted_values, np.zeros(0, np.int64)
     last = np.empty(sorted_values.size, bool)
     np.not_equal(sorted_values[1:], sorted_values[:-1], out=last[:-1])
     last[-1:] = True

@@ -38,10 +38,8 @@ from jad.metrics import _common
 
 __all__ = ["PROCurve", "pro", "pro_area", "pro_curve"]
 
-# 8-connectivity inside each image, none across the image axis.
-_STRUCTURE = np.zeros((3, 3, 3), bool)
-_STRUCTURE[1] = True
-_LABEL_IMAGES = 64  # images labelled per scipy call (bounds the int32 label buffer)
+# 8-connectivity inside each image (images are labelled one by one).
+_STRUCTURE = np.ones((3, 3), bool)
 _CHUNK = 1 << 18  # pixels per step of the pass that collects normal scores
 _SAMPLE = 1 << 20  # pixels sampled to bound the normal score at the FPR limit
 
@@ -76,18 +74,44 @@ def _prepare(fn: str, maps, masks) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _region_ids(masks: np.ndarray) -> tuple[np.ndarray, int]:
-    """(P,) region id (1..R) of each mask pixel in raster order, and R."""
-    anomalous = np.flatnonzero(masks.any(axis=(1, 2)))
+    """(P,) region id (1..R) of each mask pixel in raster order, and R.
+
+    Each anomalous image is labelled inside the bounding box of its mask (the same
+    pixels in the same raster order, a fraction of the area to label).
+    """
+    rows, cols = masks.any(axis=2), masks.any(axis=1)  # (N, H), (N, W)
     ids, num_regions = [], 0
-    for start in range(0, anomalous.size, _LABEL_IMAGES):
-        labels, n = ndimage.label(
-            masks[anomalous[start : start + _LABEL_IMAGES]], structure=_STRUCTURE
-        )
-        ids.append(labels[labels > 0] + num_regions)
+    for i in np.flatnonzero(rows.any(axis=1)):
+        r = np.flatnonzero(rows[i])
+        c = np.flatnonzero(cols[i])
+        box = masks[i, r[0] : r[-1] + 1, c[0] : c[-1] + 1]
+        labels, n = ndimage.label(box, structure=_STRUCTURE)
+        ids.append(labels[box] + num_regions)
         num_regions += n
     if not ids:
         return np.zeros(0, np.int64), 0
     return np.concatenate(ids).astype(np.int64), num_regions
+
+
+def _descending(scores: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``scores`` sorted descending and the ``ids`` in the same order (ties: any).
+
+    float32 scores and their ids are packed into one uint64 key (order-preserving
+    bits of the score above the id) and sorted as numbers, about twice as fast as an
+    argsort and two gathers; other dtypes take the argsort.
+    """
+    if scores.dtype != np.float32 or (ids.size and ids.max() >= 2**32):
+        order = np.argsort(scores)[::-1]
+        return scores[order], ids[order]
+    bits = (scores + np.float32(0.0)).view(np.uint32)  # -0.0 becomes +0.0
+    top = np.uint32(0x80000000)
+    bits = bits ^ np.where(bits >= top, np.uint32(0xFFFFFFFF), top)
+    keys = (bits.astype(np.uint64) << np.uint64(32)) | ids.astype(np.uint64)
+    keys.sort()
+    keys = keys[::-1]
+    bits = (keys >> np.uint64(32)).astype(np.uint32)
+    bits = bits ^ np.where(bits >= top, top, np.uint32(0xFFFFFFFF))
+    return bits.view(np.float32), (keys & np.uint64(0xFFFFFFFF)).astype(np.int64)
 
 
 def _limit_count(max_fpr: float, num_normal: int) -> int:
@@ -118,16 +142,26 @@ def _lower_bound(scores: np.ndarray, masks: np.ndarray, k: int, num_normal: int)
     return np.partition(sample, j)[j]
 
 
-def _normal_scores_from(scores: np.ndarray, masks: np.ndarray, bound) -> np.ndarray:
-    """Scores of normal pixels >= bound, collected in chunks (bounded temporaries)."""
-    parts, buffer = [], np.empty(min(_CHUNK, scores.size), bool)
-    for start in range(0, scores.size, _CHUNK):
-        s, m = scores[start : start + _CHUNK], masks[start : start + _CHUNK]
-        keep = buffer[: s.size]
-        np.greater_equal(s, bound, out=keep)
-        np.greater(keep, m, out=keep)  # keep & ~m for bools
-        parts.append(s[keep])
-    return np.concatenate(parts)
+def _normal_runs(scores: np.ndarray, masks: np.ndarray, bound) -> _common.SortedRuns:
+    """Sorted runs (one per core) of the normal pixels' scores >= bound.
+
+    Each core scans its chunk of the set in steps of ``_CHUNK`` pixels (bounded
+    temporaries) and sorts what it kept.
+    """
+
+    def collect_and_sort(chunk: slice) -> np.ndarray:
+        s_all, m_all = scores[chunk], masks[chunk]
+        parts, buffer = [], np.empty(min(_CHUNK, s_all.size), bool)
+        for start in range(0, s_all.size, _CHUNK):
+            s, m = s_all[start : start + _CHUNK], m_all[start : start + _CHUNK]
+            keep = buffer[: s.size]
+            np.greater_equal(s, bound, out=keep)
+            np.greater(keep, m, out=keep)  # keep & ~m for bools
+            parts.append(s[keep])
+        kept = np.concatenate(parts) if parts else scores[:0].copy()
+        return _common.sort_scratch(kept)
+
+    return _common.SortedRuns(tuple(_common.map_chunks(collect_and_sort, scores.size)))
 
 
 def _curve(fn: str, maps, masks, max_fpr: float) -> PROCurve:
@@ -147,23 +181,23 @@ def _curve(fn: str, maps, masks, max_fpr: float) -> PROCurve:
             f"{fn}: masks contain no normal pixel; the false-positive rate is "
             "undefined."
         )
+    with np.errstate(divide="ignore"):  # id 0 (background) never occurs
+        inverse_sizes = 1.0 / np.bincount(ids)  # 1 / |r| by region id
     k = _limit_count(max_fpr, num_normal)
-    normal = _normal_scores_from(
+    normal = _normal_runs(
         scores, flat_masks, _lower_bound(scores, flat_masks, k, num_normal)
     )
     if normal.size < k:  # the sampled bound was too high: take every normal pixel
-        normal = _normal_scores_from(scores, flat_masks, -np.inf)
-    normal = _common.sort_scratch(normal)
-    t_k = normal[normal.size - k]  # FPR(>= t_k) >= max_fpr > FPR(> t_k)
+        normal = _normal_runs(scores, flat_masks, -np.inf)
+    t_k = normal.kth_largest(k)  # FPR(>= t_k) >= max_fpr > FPR(> t_k)
 
     # Region pixels the curve reaches before the limit, by decreasing score; with
     # k == num_normal (max_fpr = 1) all of them, so the curve ends at (1, 1).
-    weights = 1.0 / np.bincount(ids)[ids]
     if k < num_normal:
         keep = region_scores >= t_k
-        region_scores, weights = region_scores[keep], weights[keep]
-    order = np.argsort(region_scores, kind="stable")[::-1]
-    region_scores, weights = region_scores[order], weights[order]
+        region_scores, ids = region_scores[keep], ids[keep]
+    region_scores, ids = _descending(region_scores, ids)
+    weights = inverse_sizes[ids]
     last = np.empty(region_scores.size, bool)
     np.not_equal(region_scores[1:], region_scores[:-1], out=last[:-1])
     last[-1:] = True
@@ -177,8 +211,8 @@ def _curve(fn: str, maps, masks, max_fpr: float) -> PROCurve:
         values = np.insert(values, at, t_k)
         mass_ge = np.insert(mass_ge, at, mass)
         mass_gt = np.insert(mass_gt, at, mass)
-    fp_ge = normal.size - np.searchsorted(normal, values, side="left")
-    fp_gt = normal.size - np.searchsorted(normal, values, side="right")
+    below, below_or_tied = normal.counts_below(values)
+    fp_ge, fp_gt = normal.size - below, normal.size - below_or_tied
 
     # Interleave "just above u" and "at u" points after (0, 0); an "above" point
     # that repeats the previous point is dropped.

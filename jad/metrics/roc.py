@@ -89,11 +89,15 @@ class F1Threshold(NamedTuple):
 
 class _Split(NamedTuple):
     pos: np.ndarray  # (P,) scores of label 1, sorted ascending
-    neg: np.ndarray  # (N,) scores of label 0, sorted ascending
+    neg: _common.SortedRuns  # the N scores of label 0, as sorted runs
 
 
 def _split(fn: str, scores, labels, *, need_negatives: bool) -> _Split:
-    """Validates the pair and returns the sorted positive and negative scores."""
+    """Validates the pair and returns the sorted positive and negative scores.
+
+    Each core splits and sorts its own chunk (see :func:`_common.map_chunks`); the
+    few positives are merged into one array, the negatives stay as runs.
+    """
     scores = _common.as_scores(fn, "scores", scores)
     labels = _common.as_binary(fn, "labels", labels)
     _common.check_same_shape(fn, ("scores", "labels"), scores, labels)
@@ -102,18 +106,24 @@ def _split(fn: str, scores, labels, *, need_negatives: bool) -> _Split:
             f"{fn}: at most {_MAX_SIZE} scores are supported; got {scores.size}."
         )
     scores, labels = scores.reshape(-1), labels.reshape(-1)
-    pos = scores[labels]
-    if pos.size == 0:
+    num_pos = int(np.count_nonzero(labels))
+    if num_pos == 0:
         raise ValueError(
             f"{fn}: labels contain no positive (anomalous) entry; the metric is "
             "undefined."
         )
-    if need_negatives and pos.size == scores.size:
+    if need_negatives and num_pos == scores.size:
         raise ValueError(
             f"{fn}: labels contain no negative (normal) entry; the metric is undefined."
         )
-    neg = scores[~labels]
-    return _Split(_common.sort_scratch(pos), _common.sort_scratch(neg))
+
+    def split_and_sort(chunk: slice) -> tuple[np.ndarray, np.ndarray]:
+        s, lab = scores[chunk], labels[chunk]
+        return _common.sort_scratch(s[lab]), _common.sort_scratch(s[~lab])
+
+    parts = _common.map_chunks(split_and_sort, scores.size)
+    pos = _common.merge_sorted([p for p, _ in parts])
+    return _Split(pos, _common.SortedRuns(tuple(n for _, n in parts)))
 
 
 def _positive_steps(split: _Split) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -126,21 +136,18 @@ def _positive_steps(split: _Split) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     values, ends = _common.distinct(split.pos)
     below = np.concatenate(([0], ends[:-1] + 1))  # positives < values[j]
     tp = split.pos.size - below
-    fp = split.neg.size - np.searchsorted(split.neg, values, side="left")
+    fp = split.neg.size - split.neg.count_below(values)
     return values[::-1], tp[::-1].astype(np.int64), fp[::-1].astype(np.int64)
 
 
 def _all_steps(split: _Split) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """All distinct scores, descending, with (# pos >= t, # neg >= t) (int64)."""
-    both = np.concatenate(
-        (_common.distinct(split.pos)[0], _common.distinct(split.neg)[0])
-        if split.neg.size
-        else (_common.distinct(split.pos)[0],)
-    )
-    # Two sorted runs: the stable sort (timsort) merges them in linear time.
-    values = _common.distinct(np.sort(both, kind="stable"))[0][::-1]
+    values = split.neg.distinct()
+    if values.size:
+        values = _common.merge_sorted([_common.distinct(split.pos)[0], values])
+    values = _common.distinct(values if values.size else split.pos)[0][::-1]
     tp = split.pos.size - np.searchsorted(split.pos, values, side="left")
-    fp = split.neg.size - np.searchsorted(split.neg, values, side="left")
+    fp = split.neg.size - split.neg.count_below(values)
     return values, tp.astype(np.int64), fp.astype(np.int64)
 
 
@@ -151,8 +158,8 @@ def auroc(scores: jax.typing.ArrayLike, labels: jax.typing.ArrayLike) -> float:
     The trapezoid over the ROC points at every distinct score equals the Mann-Whitney
     statistic with ties counted one half,
     ``AUROC = sum_p (#neg < s_p + #neg == s_p / 2) / (P N)``, which is what is
-    computed: one sort of the negatives, binary search of the distinct positive
-    scores, and an integer (int64) numerator.
+    computed: one sort of the negatives (a chunk per core), binary search of the
+    distinct positive scores, and an integer (int64) numerator.
 
     Args:
       scores: (...) float anomaly scores, any shape; numpy or JAX. float16/bfloat16
@@ -181,8 +188,7 @@ def auroc(scores: jax.typing.ArrayLike, labels: jax.typing.ArrayLike) -> float:
     split = _split("auroc", scores, labels, need_negatives=True)
     values, ends = _common.distinct(split.pos)
     counts = np.diff(ends, prepend=-1).astype(np.int64)
-    below = np.searchsorted(split.neg, values, side="left").astype(np.int64)
-    below_or_tied = np.searchsorted(split.neg, values, side="right").astype(np.int64)
+    below, below_or_tied = split.neg.counts_below(values)
     numerator = int(np.dot(counts, below + below_or_tied))
     return numerator / (2 * split.pos.size * split.neg.size)
 

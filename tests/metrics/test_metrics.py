@@ -270,6 +270,70 @@ def test_image_level_auroc_from_image_scores():
     )
 
 
+@pytest.mark.parametrize("levels", [None, 7])
+def test_several_sorted_runs_give_scikit_learn_values(monkeypatch, levels):
+    # One chunk per core: with tiny chunks every core-count path (threads, runs of
+    # unequal length, ties across runs) is exercised; the values must not move.
+    monkeypatch.setattr(_common, "_MIN_CHUNK", 16)
+    monkeypatch.setattr(_common, "_num_workers", lambda: 3)
+    rng = np.random.default_rng(21)
+    scores, labels = _scores_labels(rng, 301, levels=levels, dtype=np.float32)
+    assert metrics.auroc(scores, labels) == pytest.approx(
+        skm.roc_auc_score(labels, scores), abs=_TOL
+    )
+    assert metrics.average_precision(scores, labels) == pytest.approx(
+        skm.average_precision_score(labels, scores), abs=_TOL
+    )
+    fpr, tpr, _ = skm.roc_curve(labels, scores, drop_intermediate=False)
+    curve = metrics.roc_curve(scores, labels)
+    np.testing.assert_allclose(curve.fpr, fpr, atol=_TOL)
+    np.testing.assert_allclose(curve.tpr, tpr, atol=_TOL)
+    precision, recall, thresholds = skm.precision_recall_curve(labels, scores)
+    pr = metrics.precision_recall_curve(scores, labels)
+    np.testing.assert_allclose(pr.precision, precision, atol=_TOL)
+    np.testing.assert_allclose(pr.recall, recall, atol=_TOL)
+    np.testing.assert_array_equal(pr.thresholds, thresholds)
+
+
+def test_sorted_runs_count_and_select_like_one_sorted_array():
+    rng = np.random.default_rng(22)
+    values = np.round(rng.standard_normal(500), 1).astype(np.float32)  # many ties
+    cuts = [0, 17, 17, 240, 500]  # includes an empty run
+    runs = _common.SortedRuns(
+        tuple(np.sort(values[a:b]) for a, b in zip(cuts[:-1], cuts[1:], strict=False))
+    )
+    whole = np.sort(values)
+    queries = np.concatenate([np.unique(values), [-9.0, 0.05, 9.0]]).astype(np.float32)
+    below, below_or_tied = runs.counts_below(queries)
+    np.testing.assert_array_equal(below, np.searchsorted(whole, queries, "left"))
+    np.testing.assert_array_equal(
+        below_or_tied, np.searchsorted(whole, queries, "right")
+    )
+    np.testing.assert_array_equal(runs.count_below(queries), below)
+    for k in (1, 2, 17, 250, 499, 500):
+        assert runs.kth_largest(k) == whole[whole.size - k]
+    np.testing.assert_array_equal(runs.distinct(), np.unique(values))
+    with pytest.raises(ValueError, match="k must be"):
+        runs.kth_largest(501)
+
+
+def test_packed_descending_sort_matches_argsort():
+    rng = np.random.default_rng(23)
+    scores = np.concatenate(
+        [rng.standard_normal(300), [0.0, -0.0, -0.0, 0.0, 1e-45, -1e-45, 3e38, -3e38]]
+    ).astype(np.float32)
+    scores[::7] = scores[3]  # ties
+    ids = rng.integers(1, 2**31, scores.size)
+    got_scores, got_ids = regions._descending(scores, ids)
+    assert got_scores.dtype == np.float32
+    np.testing.assert_array_equal(got_scores, np.sort(scores)[::-1])
+    # ids travel with their scores: same multiset of (score, id) pairs
+    pairs = sorted(zip((scores + np.float32(0)).tolist(), ids.tolist(), strict=False))
+    assert sorted(zip(got_scores.tolist(), got_ids.tolist(), strict=False)) == pairs
+    float64_scores, float64_ids = regions._descending(scores.astype(np.float64), ids)
+    np.testing.assert_array_equal(float64_scores, got_scores.astype(np.float64))
+
+
 def test_device_sort_path_gives_the_same_values(monkeypatch):
     rng = np.random.default_rng(5)
     scores, labels = _scores_labels(rng, 400, levels=30, dtype=np.float32)
@@ -452,7 +516,7 @@ def test_pro_chunking_and_bound_fallback_do_not_change_the_value(monkeypatch):
     maps = _maps(rng, masks, levels=25, dtype=np.float32)
     expected = metrics.pro(maps, masks)
     monkeypatch.setattr(regions, "_CHUNK", 37)
-    monkeypatch.setattr(regions, "_LABEL_IMAGES", 2)
+    monkeypatch.setattr(_common, "_MIN_CHUNK", 40)  # several sorted runs
     monkeypatch.setattr(regions, "_SAMPLE", 50)
     assert metrics.pro(maps, masks) == expected
     # a lower bound that is too high triggers the full pass
