@@ -9,10 +9,15 @@ For each backbone, images/s of the trunk up to level 4 (all four stages) at
   ``tf_efficientnet_lite0``), ``torch.inference_mode``, channels-first as torch wants
   it, the trunk only (no head), ``torch.set_num_threads(os.cpu_count())``.
 
+Timing: the best of ``--repeat`` rounds, each round calling jad and then the peer
+once (interleaved, so that the drift of a shared machine hits both alike).
 Weights are random (throughput does not depend on them). On a GPU both sides also run
 in bfloat16 (jad: ``dtype="bfloat16"``; torch: ``torch.autocast``).
 
 Run:  python experiments/bench_backbones.py          (a few minutes on 2 CPU cores)
+      XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_INDIVIDUAL_\
+CONVOLUTION,LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_ELTWISE \
+          python experiments/bench_backbones.py      (XLA's YNNPACK kernels, see README)
       python experiments/bench_backbones.py --quick  (smoke run)
 Needs torch and torchvision (``pip install ".[torch]"``) and geffnet
 (``pip install --no-deps geffnet==1.0.2``) for the peers. Writes JSON (``--json``).
@@ -38,18 +43,25 @@ TORCH_NAMES = {
 }
 
 
-def best_of(fn, repeat):
-    """Best wall time of ``repeat`` calls of ``fn`` (after one warm-up call)."""
-    fn()
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter()
+def best_of_interleaved(fns, repeat):
+    """Best wall time of each function over ``repeat`` rounds (after one warm-up).
+
+    Each round calls every function once, in turn, so that the speed drift of a
+    shared machine hits jad and its peer alike.
+    """
+    for fn in fns:
         fn()
-        best = min(best, time.perf_counter() - start)
+    best = [float("inf")] * len(fns)
+    for _ in range(repeat):
+        for i, fn in enumerate(fns):
+            start = time.perf_counter()
+            fn()
+            best[i] = min(best[i], time.perf_counter() - start)
     return best
 
 
-def jad_throughput(name, images, repeat, dtype):
+def jad_runner(name, images, dtype):
+    """(call running the trunk once, compile seconds)."""
     variables = bb.init_variables(name, jax.random.key(0))
     images = jax.device_put(images)
     start = time.perf_counter()
@@ -61,7 +73,7 @@ def jad_throughput(name, images, repeat, dtype):
             bb.extract_features(name, variables, images, 4, dtype=dtype)
         )
 
-    return images.shape[0] / best_of(run, repeat), compile_s
+    return run, compile_s
 
 
 def torch_trunk(name):
@@ -83,7 +95,8 @@ def torch_trunk(name):
     return trunk.eval()
 
 
-def torch_throughput(name, images, repeat, device, bf16):
+def torch_runner(name, images, device, bf16):
+    """A call running the PyTorch trunk once on ``images`` (NCHW copy)."""
     import torch
 
     trunk = torch_trunk(name).to(device)
@@ -97,7 +110,7 @@ def torch_throughput(name, images, repeat, device, bf16):
         if device == "cuda":
             torch.cuda.synchronize()
 
-    return images.shape[0] / best_of(run, repeat)
+    return run
 
 
 def main(argv=None):
@@ -131,12 +144,15 @@ def main(argv=None):
     rows = []
     for name in args.backbones:
         for dtype in dtypes:
-            jad_ips, compile_s = jad_throughput(name, images, args.repeat, dtype)
-            peer_ips = None
+            jad_run, compile_s = jad_runner(name, images, dtype)
+            runs = [jad_run]
             if torch_device is not None:
-                peer_ips = torch_throughput(
-                    name, images, args.repeat, torch_device, dtype == "bfloat16"
+                runs.append(
+                    torch_runner(name, images, torch_device, dtype == "bfloat16")
                 )
+            seconds = best_of_interleaved(runs, args.repeat)
+            jad_ips = args.batch / seconds[0]
+            peer_ips = args.batch / seconds[1] if len(seconds) > 1 else None
             rows.append({
                 "backbone": name,
                 "dtype": dtype,
@@ -170,6 +186,7 @@ def main(argv=None):
         "torch_device": torch_device,
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "rows": rows,
     }
     if args.json:

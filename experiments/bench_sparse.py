@@ -56,15 +56,24 @@ def timed(fn, *args, repeat=1):
     return compile_s, best, out
 
 
+def _map(fn, xs, group):
+    """``lax.map`` over locations, ``group`` at a time (vmapped inside a step).
+
+    One location per step is a plain map, not a vmap of size 1, so that data-dependent
+    branches inside (K-SVD's replacement of unused atoms) stay real branches.
+    """
+    if group == 1:
+        return jax.lax.map(fn, xs)
+    return jax.lax.map(fn, xs, batch_size=group)
+
+
 def jad_omp_fn(s, group):
     from jad.sparse import omp
 
     one = functools.partial(omp, n_nonzero=s)
 
     def run(dictionaries, signals):
-        return jax.lax.map(
-            lambda a: one(a[0], a[1]).coef, (dictionaries, signals), batch_size=group
-        )
+        return _map(lambda a: one(a[0], a[1]).coef, (dictionaries, signals), group)
 
     return jax.jit(run)
 
@@ -75,7 +84,7 @@ def jad_ksvd_fn(s, n_iter, group):
     one = functools.partial(ksvd, n_nonzero=s, n_iter=n_iter, method="approx")
 
     def run(signals, init):
-        res = jax.lax.map(lambda a: one(a[0], a[1]), (signals, init), batch_size=group)
+        res = _map(lambda a: one(a[0], a[1]), (signals, init), group)
         return res.dictionary, res.errors
 
     return jax.jit(run)

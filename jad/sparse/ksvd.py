@@ -83,17 +83,21 @@ def _update_atom(k, state, signals, method, replace_unused, precision):
     used = jnp.any(users)
     if replace_unused:
         # An atom nobody uses is replaced by the worst-represented signal, normalised;
-        # a signal replaces at most one atom per sweep.
-        # (only read when the atom is unused, and then E_k = E)
-        err = jnp.where(taken, -1.0, jnp.sum(residual * residual, axis=1))
-        worst = jnp.argmax(err)
-        d_rep, rep_ok = _safe_unit(signals[worst], d_old)
-        replace = ~used & rep_ok
-        d_new = jnp.where(used, d_new, d_rep)
-        taken = taken | ((jnp.arange(taken.shape[0]) == worst) & replace)
-        n_replaced = n_replaced + replace.astype(jnp.int32)
-    else:
-        d_new = jnp.where(used, d_new, d_old)
+        # a signal replaces at most one atom per sweep (only read when the atom is
+        # unused, and then E_k = E). A real branch when not vmapped (the search for
+        # the worst signal is a pass over E), a select under vmap.
+        def replacement(taken):
+            err = jnp.where(taken, -1.0, jnp.sum(residual * residual, axis=1))
+            worst = jnp.argmax(err)
+            d_rep, rep_ok = _safe_unit(signals[worst], d_old)
+            taken = taken | ((jnp.arange(taken.shape[0]) == worst) & rep_ok)
+            return d_rep, taken, rep_ok.astype(jnp.int32)
+
+        def keep(taken):
+            return d_new, taken, jnp.int32(0)
+
+        d_new, taken, replaced = jax.lax.cond(used, keep, replacement, taken)
+        n_replaced = n_replaced + replaced
     a_new = jnp.where(used, a_new, 0.0)
     residual = residual + jnp.outer(a_old, d_old) - jnp.outer(a_new, d_new)
     return dt.at[k].set(d_new), at.at[k].set(a_new), residual, taken, n_replaced
@@ -157,7 +161,11 @@ def ksvd(
       ``"approx"`` and an SVD of an (N, m) matrix for ``"exact"``; prefer
       ``"approx"`` for large m and N. The sweep is sequential over atoms (each
       update sees the previous ones), the signals and the vmapped locations are
-      processed in parallel. Not meant to be differentiated.
+      processed in parallel. Replacing an unused atom needs a pass over the
+      residual to find the worst-represented signal; it is a real branch
+      (``lax.cond``) when ``ksvd`` is not vmapped and both sides are computed under
+      ``vmap``, so on a CPU mapping over locations one at a time (``lax.map``) is
+      faster than a vmap over them. Not meant to be differentiated.
 
     Example:
       >>> import jax

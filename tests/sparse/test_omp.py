@@ -219,6 +219,24 @@ def test_omp_and_omp_gram_match_sklearn_float64(seed):
     np.testing.assert_allclose(got_gram.residual_norm, want_residual, atol=1e-8)
 
 
+@pytest.mark.parametrize("n_nonzero", [16, 27, 70])
+def test_multi_phase_pursuit_matches_sklearn_float64(n_nonzero):
+    # Sparsities from 16 on run the greedy loop in several phases (2, 3 and 8 here,
+    # 70 with uneven phase lengths); the result must not depend on the phase layout.
+    omp_module = importlib.import_module("jad.sparse.omp")
+    assert len(omp_module._phase_bounds(n_nonzero)) - 1 > 1
+    rng = np.random.default_rng(n_nonzero)
+    m, num_atoms = n_nonzero + 12, n_nonzero + 30
+    dictionary = rng.standard_normal((m, num_atoms))
+    dictionary /= np.linalg.norm(dictionary, axis=0)
+    signals = rng.standard_normal((6, m))
+    want_coef, want_order = sklearn_omp(dictionary, signals, n_nonzero)
+    with jax.enable_x64(True):
+        got = omp(dictionary, signals, n_nonzero)
+    np.testing.assert_array_equal(got.support, want_order)
+    np.testing.assert_allclose(got.coef, want_coef, rtol=1e-9, atol=1e-9)
+
+
 # --------------------------------------------------------------- 2. planted recovery
 
 
