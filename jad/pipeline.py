@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jad import backbones as bb
+from jad._xla import conv_jit
 from jad.methods.base import get_method, max_image_score, postprocess
 
 __all__ = [
@@ -79,7 +80,7 @@ def _embed(method, config, backbone, variables, images):
     return method.embed(config, features)
 
 
-@functools.partial(jax.jit, static_argnames=("method_name", "config", "backbone"))
+@functools.partial(conv_jit, static_argnames=("method_name", "config", "backbone"))
 def _embed_jit(variables, images, *, method_name, config, backbone):
     return _embed(get_method(method_name), config, backbone, variables, images)
 
@@ -217,7 +218,7 @@ def _anomaly_maps(detector: Detector, images):
     return maps, scores
 
 
-_anomaly_maps_jit = jax.jit(_anomaly_maps)
+_anomaly_maps_jit = conv_jit(_anomaly_maps)
 
 
 def anomaly_maps(detector: Detector, images) -> tuple[jax.Array, jax.Array]:

@@ -8,6 +8,7 @@ Typical use::
         "wide_resnet50_2", variables, images, levels=(2, 3))  # {2: ..., 3: ...}
 """
 
+from jad._xla import CONV_COMPILER_OPTIONS
 from jad.backbones.convert import port_torchvision, read_state_dict
 from jad.backbones.efficientnet import EfficientNetLite
 from jad.backbones.features import (
@@ -27,6 +28,7 @@ from jad.backbones.registry import BackboneInfo, backbone_info, list_backbones
 from jad.backbones.resnet import ResNet
 
 __all__ = [
+    "CONV_COMPILER_OPTIONS",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "TORCHVISION_URLS",

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from jad import _checks
+from jad._xla import conv_jit
 from jad.backbones.registry import LEVELS, build_module, check_name
 from jad.data.preprocess import IMAGENET_MEAN, IMAGENET_STD, normalize_imagenet
 
@@ -81,7 +82,7 @@ def _check_images(fn: str, images) -> jax.Array:
     return images
 
 
-@functools.partial(jax.jit, static_argnames=("name", "levels", "head", "dtype"))
+@functools.partial(conv_jit, static_argnames=("name", "levels", "head", "dtype"))
 def _apply(variables, images, *, name, levels, head, dtype):
     module = build_module(name, levels, head, dtype)
     return module.apply(variables, images)
