@@ -15,9 +15,8 @@ Weights are random (throughput does not depend on them). On a GPU both sides als
 in bfloat16 (jad: ``dtype="bfloat16"``; torch: ``torch.autocast``).
 
 Run:  python experiments/bench_backbones.py          (a few minutes on 2 CPU cores)
-      XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_INDIVIDUAL_\
-CONVOLUTION,LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_ELTWISE \
-          python experiments/bench_backbones.py      (XLA's YNNPACK kernels, see README)
+      JAD_XLA_CPU_KERNELS=default python experiments/bench_backbones.py
+                                                (XLA's default CPU kernels for jad)
       python experiments/bench_backbones.py --quick  (smoke run)
 Needs torch and torchvision (``pip install ".[torch]"``) and geffnet
 (``pip install --no-deps geffnet==1.0.2``) for the peers. Writes JSON (``--json``).

@@ -100,7 +100,9 @@ def extract_features(
 
     Pure and jitted (``name``, ``levels`` and ``dtype`` are static); differentiable
     w.r.t. ``images`` and ``variables``; vmaps over an extra leading axis. Only the
-    stages up to the deepest requested level are computed.
+    stages up to the deepest requested level are computed. Called at top level it
+    is compiled with :data:`CONV_COMPILER_OPTIONS` (XLA's faster CPU kernels for
+    convolutions, see ``jad._xla``); inside your own ``jit`` your options apply.
 
     Args:
       name: backbone name (see :func:`jad.backbones.list_backbones`).
