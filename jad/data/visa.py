@@ -10,8 +10,10 @@ Layout (``VisA_20220922.tar`` as extracted)::
 The CSV (columns ``object,split,label,image,mask``; ``split`` in train/test, ``label``
 in normal/anomaly; ``image`` and ``mask`` relative to ``<root>``) defines the dataset:
 the standard one-class protocol is ``split_csv/1cls.csv``. Masks hold small class
-indices, so they are binarised with ``> 0``. VisA's ``1cls.csv`` names no defect type:
-anomalous images get the defect type "anomaly". Rows keep the CSV's order.
+indices, so they are binarised with ``> 0``. The split CSV names no defect type: it is
+read from the object's ``<root>/<object>/image_anno.csv`` (columns ``image,label,mask``,
+``label`` the defect description, e.g. "scratch" or "melt, scratch"), and is "anomaly"
+when that file is absent or does not list the image. Rows keep the CSV's order.
 """
 
 from __future__ import annotations
@@ -75,6 +77,35 @@ def _read_rows(fn: str, root, split_csv) -> tuple[str, list[tuple[int, dict]]]:
     return path, rows
 
 
+def _read_defect_types(fn: str, root, category: str) -> dict[str, str]:
+    """Image path (relative to ``root``, normalised) -> defect description."""
+    path = os.path.join(root, category, "image_anno.csv")
+    if not os.path.isfile(path):
+        return {}
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            missing = [
+                c for c in ("image", "label") if c not in (reader.fieldnames or ())
+            ]
+            if missing:
+                raise DatasetError(
+                    f"{fn}: the annotation CSV lacks the column(s) "
+                    f"{', '.join(missing)} (expected image,label,mask): {path}"
+                )
+            return {
+                os.path.normpath((row["image"] or "").strip()): (
+                    row["label"] or ""
+                ).strip()
+                for row in reader
+                if (row["label"] or "").strip()
+            }
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise DatasetError(
+            f"{fn}: cannot read the annotation CSV {path} ({err})."
+        ) from err
+
+
 def list_visa_categories(root, *, split_csv: str = VISA_SPLIT_CSV) -> tuple[str, ...]:
     """Objects named in VisA's split CSV.
 
@@ -123,7 +154,8 @@ def load_visa(
     Raises:
       DatasetError: a missing root or CSV, a missing column, an unknown object (the
         valid ones are listed), a row with an unknown split or label, a listed image
-        or mask that does not exist, an anomalous row without a mask.
+        or mask that does not exist, an anomalous row without a mask, an
+        ``image_anno.csv`` that cannot be read or lacks its columns.
     """
     fn = "load_visa"
     split = _check_split(fn, split)
@@ -131,6 +163,7 @@ def load_visa(
     root = _require_dir(fn, root, "VisA root")
     csv_path, rows = _read_rows(fn, root, split_csv)
     _check_category(fn, category, sorted({r["object"] for _, r in rows}), root)
+    defect_types = _read_defect_types(fn, root, category)
     samples = []
     for line, row in rows:
         if row["object"] != category:
@@ -166,7 +199,8 @@ def load_visa(
         if not os.path.isfile(mask):
             problems.report(mask, f"mask listed in {where} not found")
             continue
-        samples.append(SampleFile(image, mask, 1, _ANOMALY))
+        defect = defect_types.get(os.path.normpath((row["image"] or "").strip()))
+        samples.append(SampleFile(image, mask, 1, defect or _ANOMALY))
     return _finish(
         fn,
         kind="visa",

@@ -340,6 +340,24 @@ def test_visa_reads_the_split_csv(visa):
         data.load_visa(visa, "capsules", "test")
 
 
+def test_visa_reads_defect_types_from_image_anno(visa):
+    rel = "candle/Data/Images/Anomaly/000.JPG"
+    anno = visa / "candle" / "image_anno.csv"
+    anno.write_text(
+        "image,label,mask\n"
+        "candle/Data/Images/Normal/0000.JPG,normal,\n"
+        f'{rel},"melt, scratch",candle/Data/Masks/Anomaly/000.png\n'
+    )
+    test = data.load_visa(visa, "candle", "test", transform=RAW)
+    assert [s.defect_type for s in test.samples] == ["good", "melt, scratch"]
+    # pcb1 has no image_anno.csv: the generic type
+    pcb = data.load_visa(visa, "pcb1", "test", transform=RAW)
+    assert [s.defect_type for s in pcb.samples] == ["good", "anomaly"]
+    anno.write_text("picture,label\nx,y\n")
+    with pytest.raises(DatasetError, match="image_anno.csv"):
+        data.load_visa(visa, "candle", "test")
+
+
 def test_visa_bad_csv(visa):
     csv_path = visa / "split_csv" / "1cls.csv"
     text = csv_path.read_text()
