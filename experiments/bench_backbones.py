@@ -25,13 +25,13 @@ Needs torch and torchvision (``pip install ".[torch]"``) and geffnet
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
 
 import jax
 import numpy as np
+from _report import write_json
 
 from jad import backbones as bb
 
@@ -189,10 +189,7 @@ def main(argv=None):
         "rows": rows,
     }
     if args.json:
-        os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
-        print(f"\nwrote {args.json}")
+        write_json(args.json, report)
 
 
 if __name__ == "__main__":

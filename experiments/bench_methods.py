@@ -83,6 +83,7 @@ import tempfile
 import time
 
 import numpy as np
+from _report import write_json
 
 # ----------------------------------------------------------------------- helpers
 
@@ -958,10 +959,7 @@ def main(argv=None):
     if args.methods:
         _print_methods(report["methods"], args)
     if args.json:
-        os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
-        print(f"\nwrote {args.json}")
+        write_json(args.json, report)
 
 
 if __name__ == "__main__":

@@ -70,6 +70,7 @@ import tracemalloc
 
 import jax
 import numpy as np
+from _report import write_json
 from scipy import ndimage
 from sklearn.metrics import (
     average_precision_score,
@@ -371,10 +372,7 @@ def main(argv=None):
         "process_peak_rss_mb": maxrss_mb,
         "rows": rows,
     }
-    os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
-    with open(args.json, "w") as f:
-        json.dump(out, f, indent=2)
-    print(f"wrote {args.json}")
+    write_json(args.json, out)
 
 
 if __name__ == "__main__":

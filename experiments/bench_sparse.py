@@ -32,6 +32,7 @@ import time
 
 import jax
 import numpy as np
+from _report import write_json
 
 
 def make_problem(seed, locations, n, c):
@@ -216,10 +217,7 @@ def main(argv=None):
         "args": vars(args),
         "rows": rows,
     }
-    os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
-    with open(args.json, "w") as f:
-        json.dump(out, f, indent=2)
-    print(f"wrote {args.json}")
+    write_json(args.json, out)
 
 
 if __name__ == "__main__":
