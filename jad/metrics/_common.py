@@ -224,10 +224,7 @@ class SortedRuns(NamedTuple):
 
     def distinct(self) -> np.ndarray:
         """The distinct scores, ascending."""
-        parts = [distinct(run)[0] for run in self.runs if run.size]
-        if not parts:
-            return np.zeros(0, self.runs[0].dtype if self.runs else np.float32)
-        return distinct(merge_sorted(parts))[0]
+        return distinct(merge_sorted([distinct(run)[0] for run in self.runs]))[0]
 
 
 def merge_sorted(runs: Sequence[np.ndarray]) -> np.ndarray:
@@ -259,9 +256,7 @@ _device_sort = jax.jit(jnp.sort)
 
 
 def distinct(sorted_values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Distinct values of an ascending array and the index of each one's last copy."""
-    if sorted_values.size == 0:
-        return sorted_values, np.zeros(0, np.int64)
+    """Distinct values of a sorted array (either order) and each one's last index."""
     last = np.empty(sorted_values.size, bool)
     np.not_equal(sorted_values[1:], sorted_values[:-1], out=last[:-1])
     last[-1:] = True

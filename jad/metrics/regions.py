@@ -198,11 +198,8 @@ def _curve(fn: str, maps, masks, max_fpr: float) -> PROCurve:
         region_scores, ids = region_scores[keep], ids[keep]
     region_scores, ids = _descending(region_scores, ids)
     weights = inverse_sizes[ids]
-    last = np.empty(region_scores.size, bool)
-    np.not_equal(region_scores[1:], region_scores[:-1], out=last[:-1])
-    last[-1:] = True
-    values = region_scores[last]  # distinct region scores, descending
-    mass_ge = np.cumsum(weights)[last]  # sum of 1/|r| over region pixels >= value
+    values, ends = _common.distinct(region_scores)  # distinct scores, descending
+    mass_ge = np.cumsum(weights)[ends]  # sum of 1/|r| over region pixels >= value
     mass_gt = np.concatenate(([0.0], mass_ge))[:-1]
     # t_k is a step of the curve too (the one that crosses the limit).
     at = int(np.searchsorted(-values, -t_k, side="left"))

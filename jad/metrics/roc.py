@@ -142,10 +142,8 @@ def _positive_steps(split: _Split) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def _all_steps(split: _Split) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """All distinct scores, descending, with (# pos >= t, # neg >= t) (int64)."""
-    values = split.neg.distinct()
-    if values.size:
-        values = _common.merge_sorted([_common.distinct(split.pos)[0], values])
-    values = _common.distinct(values if values.size else split.pos)[0][::-1]
+    both = _common.merge_sorted([_common.distinct(split.pos)[0], split.neg.distinct()])
+    values = _common.distinct(both)[0][::-1]
     tp = split.pos.size - np.searchsorted(split.pos, values, side="left")
     fp = split.neg.size - split.neg.count_below(values)
     return values, tp.astype(np.int64), fp.astype(np.int64)
