@@ -98,6 +98,8 @@ def _update_atom(k, state, signals, method, replace_unused, precision):
 
         d_new, taken, replaced = jax.lax.cond(used, keep, replacement, taken)
         n_replaced = n_replaced + replaced
+    else:
+        d_new = jnp.where(used, d_new, d_old)
     a_new = jnp.where(used, a_new, 0.0)
     residual = residual + jnp.outer(a_old, d_old) - jnp.outer(a_new, d_new)
     return dt.at[k].set(d_new), at.at[k].set(a_new), residual, taken, n_replaced

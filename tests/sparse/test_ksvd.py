@@ -115,8 +115,11 @@ def test_ksvd_replaces_unused_atoms_with_worst_signal():
     normed = signals / np.linalg.norm(signals, axis=1, keepdims=True)
     for k in (6, 7):
         assert np.max(np.abs(normed @ d[:, k])) > 1 - 1e-5
-    kept = ksvd(signals, init, 2, 1, method="approx", replace_unused=False)
-    assert int(kept.n_replaced[0]) == 0
+    for method in ("approx", "exact"):
+        kept = ksvd(signals, init, 2, 1, method=method, replace_unused=False)
+        assert int(kept.n_replaced[0]) == 0
+        # unused atoms stay as they were (zero), whatever the rank-1 update gives
+        np.testing.assert_array_equal(np.asarray(kept.dictionary)[:, 6:], 0.0)
 
 
 def test_ksvd_key_changes_atom_order_only():
