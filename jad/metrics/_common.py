@@ -154,6 +154,14 @@ def map_chunks(fn: Callable[[slice], T], size: int) -> list[T]:
         return list(pool.map(fn, slices))
 
 
+def map_items(fn: Callable[[T], T], items: Sequence[T]) -> list:
+    """``[fn(item) for item in items]``, the items on a thread pool (one per core)."""
+    if len(items) <= 1 or _device_sorting():
+        return [fn(item) for item in items]
+    with ThreadPoolExecutor(min(len(items), _num_workers())) as pool:
+        return list(pool.map(fn, items))
+
+
 class SortedRuns(NamedTuple):
     """A multiset of scores held as ascending runs (one per sorted chunk), unmerged.
 

@@ -23,6 +23,17 @@ through, for each distinct region score u, the points just above and at u, where
 Only normal scores at or above the one where the FPR reaches ``max_fpr`` are needed:
 they are found with a sampled lower bound (checked, with a full fallback) and sorted;
 at ``max_fpr = 0.3`` that is about a third of the normal pixels.
+
+Bounded error (``pro(..., tolerance=t)``, t > 0). That sort is most of the cost. The
+normal scores above the bound can instead be counted in 2^20 score bins (one
+``bincount``, ~7 ns per score against ~41 for the sort). Inside a bin every score
+then counts as tied, so the curve crosses the bin on the straight segment between
+the bin's ends, where the exact curve is a monotone staircase inside the rectangle
+that segment spans: the area can move by at most half the rectangle, dFPR * dPRO / 2
+(and not at all for bins with only normal or only region pixels). Summed over the
+bins and divided by ``max_fpr`` this is a rigorous bound; the bins with the largest
+terms are resolved exactly (their normal scores sorted) until the rest sum to at
+most ``t``, and so is the bin where the FPR reaches the limit.
 """
 
 from __future__ import annotations
@@ -42,6 +53,10 @@ __all__ = ["PROCurve", "pro", "pro_area", "pro_curve"]
 _STRUCTURE = np.ones((3, 3), bool)
 _CHUNK = 1 << 18  # pixels per step of the pass that collects normal scores
 _SAMPLE = 1 << 20  # pixels sampled to bound the normal score at the FPR limit
+_BINS = 1 << 20  # score bins of the bounded-error AUPRO (tolerance > 0)
+_MIN_BINNED = 1 << 22  # fewer pixels: the exact sort is as fast, so it is used
+# Tests set it to True to run the binned path with tolerance 0 (exact then too).
+_BINNED_EXACT = False
 
 
 class PROCurve(NamedTuple):
@@ -98,7 +113,8 @@ def _descending(scores: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.nda
 
     float32 scores and their ids are packed into one uint64 key (order-preserving
     bits of the score above the id) and sorted as numbers, about twice as fast as an
-    argsort and two gathers; other dtypes take the argsort.
+    argsort and two gathers (a chunk per core, then merged); other dtypes take the
+    argsort.
     """
     if scores.dtype != np.float32 or (ids.size and ids.max() >= 2**32):
         order = np.argsort(scores)[::-1]
@@ -107,8 +123,12 @@ def _descending(scores: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.nda
     top = np.uint32(0x80000000)
     bits = bits ^ np.where(bits >= top, np.uint32(0xFFFFFFFF), top)
     keys = (bits.astype(np.uint64) << np.uint64(32)) | ids.astype(np.uint64)
-    keys.sort()
-    keys = keys[::-1]
+
+    def sort(chunk: slice) -> np.ndarray:
+        keys[chunk].sort()  # in place, on a view
+        return keys[chunk]
+
+    keys = _common.merge_sorted(_common.map_chunks(sort, keys.size))[::-1]
     bits = (keys >> np.uint64(32)).astype(np.uint32)
     bits = bits ^ np.where(bits >= top, top, np.uint32(0xFFFFFFFF))
     return bits.view(np.float32), (keys & np.uint64(0xFFFFFFFF)).astype(np.int64)
@@ -124,13 +144,24 @@ def _limit_count(max_fpr: float, num_normal: int) -> int:
     return k
 
 
-def _lower_bound(scores: np.ndarray, masks: np.ndarray, k: int, num_normal: int):
-    """A score likely below the k-th largest normal score (-inf: keep them all)."""
+def _normal_sample(scores: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """About ``_SAMPLE`` normal scores at a fixed odd stride (not aligned with rows)."""
+    stride = max(1, scores.size // _SAMPLE) | 1
+    return scores[::stride][~masks[::stride]]
+
+
+def _lower_bound(
+    scores: np.ndarray, masks: np.ndarray, k: int, num_normal: int, sample=None
+):
+    """A score likely below the k-th largest normal score (-inf: keep them all).
+
+    ``sample``: :func:`_normal_sample` of the set, if the caller already has it.
+    """
     q = k / num_normal
     if q > 0.5:
         return -np.inf
-    stride = max(1, scores.size // _SAMPLE) | 1  # odd: not aligned with rows
-    sample = scores[::stride][~masks[::stride]]
+    if sample is None:
+        sample = _normal_sample(scores, masks)
     if sample.size == 0:
         return -np.inf
     # Sampled fraction plus a wide margin (10 binomial standard deviations and 2 %);
@@ -164,8 +195,198 @@ def _normal_runs(scores: np.ndarray, masks: np.ndarray, bound) -> _common.Sorted
     return _common.SortedRuns(tuple(_common.map_chunks(collect_and_sort, scores.size)))
 
 
-def _curve(fn: str, maps, masks, max_fpr: float) -> PROCurve:
-    """The exact PRO curve up to its first point with FPR >= max_fpr."""
+def _bin_of(values: np.ndarray, lo, scale, num_bins: int) -> np.ndarray:
+    """Bin of each score ``>= lo``: ``floor((value - lo) * scale)``, capped at the last.
+
+    Computed in the scores' dtype, the same way for every caller, so a score always
+    lands in the same bin; monotone, so a lower bin never holds a higher score.
+    """
+    x = np.subtract(values, lo)
+    x *= scale
+    np.minimum(x, num_bins - 1, out=x)
+    return x.astype(np.intp)
+
+
+class _BinnedScores(NamedTuple):
+    """The normal scores ``>= lo`` as counts per score bin, exact in refined bins.
+
+    The bounded-error AUPRO (``tolerance > 0``) counts the normal scores of most bins
+    instead of sorting them. In an unrefined bin every score, normal or region (see
+    :meth:`tie`), counts as tied, so the curve crosses the bin on the straight segment
+    between its ends; the exact curve there is a monotone staircase inside the
+    rectangle the segment spans, so the area moves by at most half the rectangle,
+    ``dFPR * dPRO / 2``. The normal scores of refined bins are kept and sorted (runs).
+
+    Attributes:
+      lo, scale: the bin map (see :func:`_bin_of`), scalars of the scores' dtype.
+      hist: (B,) int64 normal scores per bin.
+      refined: (B,) bool, bins whose normal scores are held exactly.
+      exact: the normal scores of the refined bins.
+      below: (B,) int64, normal scores in lower bins.
+      below_unrefined: (B,) int64, normal scores in lower unrefined bins.
+      error_bound: bound on |AUPRO - exact AUPRO| from the unrefined bins.
+    """
+
+    lo: np.floating
+    scale: np.floating
+    hist: np.ndarray
+    refined: np.ndarray
+    exact: _common.SortedRuns
+    below: np.ndarray
+    below_unrefined: np.ndarray
+    error_bound: float
+
+    @property
+    def size(self) -> int:
+        return int(self.below[-1] + self.hist[-1])
+
+    def bins(self, values: np.ndarray) -> np.ndarray:
+        return _bin_of(values, self.lo, self.scale, self.hist.size)
+
+    def counts_below(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(# normal scores < v, # <= v) for scores v >= lo (tied in unrefined bins)."""
+        bins = self.bins(values)
+        below = self.below[bins]
+        below_or_tied = below + self.hist[bins]
+        refined = self.refined[bins]
+        if refined.any():
+            lo, hi = self.exact.counts_below(values[refined])
+            base = self.below_unrefined[bins[refined]]
+            below[refined] = base + lo
+            below_or_tied[refined] = base + hi
+        return below, below_or_tied
+
+    def kth_largest(self, k: int):
+        """The k-th largest normal score; its bin must be refined."""
+        b = int(np.searchsorted(self.below, self.size - k, side="right")) - 1
+        if not self.refined[b]:
+            raise AssertionError("unreachable: the limit's bin is always refined")
+        unrefined_above = self.size - self.exact.size - self.below_unrefined[b]
+        return self.exact.kth_largest(k - int(unrefined_above))
+
+    def tie(self, values: np.ndarray) -> np.ndarray:
+        """Descending scores with those in unrefined bins set to their bin's largest."""
+        bins = self.bins(values)
+        tied = ~self.refined[bins]
+        if not tied.any():
+            return values
+        start = np.empty(values.size, bool)
+        start[:1] = True
+        np.not_equal(bins[1:], bins[:-1], out=start[1:])
+        largest = values[start][np.cumsum(start) - 1]
+        return np.where(tied, largest, values)
+
+
+def _binned_scores(
+    scores: np.ndarray,
+    masks: np.ndarray,
+    region_scores: np.ndarray,
+    region_weights: np.ndarray,
+    k: int,
+    num_regions: int,
+    max_fpr: float,
+    tolerance: float,
+) -> _BinnedScores | None:
+    """The normal scores at or above a sampled bound, binned (None: not applicable).
+
+    Two passes over the set, a chunk per core: the first keeps the normal scores
+    above the bound and counts them per bin; the bins to refine are then chosen (the
+    bin of the k-th largest normal score, and the bins with the largest error terms
+    until the rest sum to at most ``tolerance``; with ``tolerance == 0`` every bin
+    that holds a region score); the second pass sorts the kept scores of those bins.
+    """
+    num_normal = scores.size - region_scores.size
+    sample = _normal_sample(scores, masks)
+    lo = _lower_bound(scores, masks, k, num_normal, sample)
+    if not np.isfinite(lo):
+        return None
+    hi = sample.max()  # larger scores share the last bin
+    num_bins = _BINS
+    width = float(hi) - float(lo)
+    scale = scores.dtype.type(num_bins / width) if width > 0 else np.inf
+    if not (np.isfinite(width) and np.isfinite(scale) and scale > 0):
+        return None
+    lo = scores.dtype.type(lo)
+    step = _CHUNK * 16  # kept scores binned per call (bounded temporaries)
+
+    def keep_and_count(chunk: slice) -> tuple[np.ndarray, np.ndarray]:
+        s_all, m_all = scores[chunk], masks[chunk]
+        parts, buffer = [], np.empty(min(_CHUNK, s_all.size), bool)
+        for start in range(0, s_all.size, _CHUNK):
+            s, m = s_all[start : start + _CHUNK], m_all[start : start + _CHUNK]
+            keep = buffer[: s.size]
+            np.greater_equal(s, lo, out=keep)
+            np.greater(keep, m, out=keep)  # keep & ~m for bools
+            parts.append(s[keep])
+        kept = np.concatenate(parts) if parts else scores[:0].copy()
+        hist = np.zeros(num_bins, np.int64)
+        for start in range(0, kept.size, step):
+            bins = _bin_of(kept[start : start + step], lo, scale, num_bins)
+            hist += np.bincount(bins, minlength=num_bins)
+        return kept, hist
+
+    chunks = _common.map_chunks(keep_and_count, scores.size)
+    hist = sum(h for _, h in chunks)
+    size = int(hist.sum())
+    if size < k:  # the sampled bound was too high
+        return None
+    below = np.concatenate(([0], np.cumsum(hist)[:-1]))
+    limit = int(np.searchsorted(below, size - k, side="right")) - 1
+
+    above = region_scores >= lo
+    mass = np.bincount(
+        _bin_of(region_scores[above], lo, scale, num_bins),
+        weights=region_weights[above],
+        minlength=num_bins,
+    )
+    refined = np.zeros(num_bins, bool)
+    error_bound = 0.0
+    if tolerance == 0:
+        refined[limit:] = mass[limit:] > 0
+    else:
+        # half of each bin's dFPR * dPRO rectangle, normalised like the area
+        term = hist[limit + 1 :] * mass[limit + 1 :]
+        term *= 0.5 / (num_normal * num_regions * max_fpr)
+        mixed = np.flatnonzero(term > 0)
+        ordered = np.sort(term[mixed])
+        fits = int(np.searchsorted(np.cumsum(ordered), tolerance, side="right"))
+        if fits < ordered.size:
+            refine = mixed[term[mixed] >= ordered[fits]]
+            refined[limit + 1 + refine] = True
+        error_bound = float(np.sum(term[~refined[limit + 1 :]]))
+    refined[limit] = True
+    below_unrefined = np.concatenate(([0], np.cumsum(np.where(refined, 0, hist))[:-1]))
+
+    def select_and_sort(kept: np.ndarray) -> np.ndarray:
+        parts = [
+            part[refined[_bin_of(part, lo, scale, num_bins)]]
+            for part in (kept[i : i + step] for i in range(0, kept.size, step))
+        ]
+        return _common.sort_scratch(np.concatenate(parts) if parts else kept)
+
+    runs = _common.map_items(select_and_sort, [kept for kept, _ in chunks])
+    return _BinnedScores(
+        lo=lo,
+        scale=scale,
+        hist=hist,
+        refined=refined,
+        exact=_common.SortedRuns(tuple(runs)),
+        below=below,
+        below_unrefined=below_unrefined,
+        error_bound=error_bound,
+    )
+
+
+def _curve(
+    fn: str, maps, masks, max_fpr: float, tolerance: float = 0.0
+) -> tuple[PROCurve, float]:
+    """The PRO curve up to its first point with FPR >= max_fpr, and its error bound.
+
+    With ``tolerance == 0`` the curve is exact (bound 0); otherwise the normal scores
+    of some score bins are counted rather than sorted (:class:`_BinnedScores`) and the
+    area under the returned curve is within the returned bound (<= tolerance) of the
+    exact one.
+    """
     maps, masks = _prepare(fn, maps, masks)
     ids, num_regions = _region_ids(masks)
     if num_regions == 0:
@@ -184,11 +405,24 @@ def _curve(fn: str, maps, masks, max_fpr: float) -> PROCurve:
     with np.errstate(divide="ignore"):  # id 0 (background) never occurs
         inverse_sizes = 1.0 / np.bincount(ids)  # 1 / |r| by region id
     k = _limit_count(max_fpr, num_normal)
-    normal = _normal_runs(
-        scores, flat_masks, _lower_bound(scores, flat_masks, k, num_normal)
-    )
-    if normal.size < k:  # the sampled bound was too high: take every normal pixel
-        normal = _normal_runs(scores, flat_masks, -np.inf)
+    normal = None
+    if (tolerance > 0 and scores.size >= _MIN_BINNED) or _BINNED_EXACT:
+        normal = _binned_scores(
+            scores,
+            flat_masks,
+            region_scores,
+            inverse_sizes[ids],
+            k,
+            num_regions,
+            max_fpr,
+            tolerance,
+        )
+    if normal is None:
+        normal = _normal_runs(
+            scores, flat_masks, _lower_bound(scores, flat_masks, k, num_normal)
+        )
+        if normal.size < k:  # the sampled bound was too high: every normal pixel
+            normal = _normal_runs(scores, flat_masks, -np.inf)
     t_k = normal.kth_largest(k)  # FPR(>= t_k) >= max_fpr > FPR(> t_k)
 
     # Region pixels the curve reaches before the limit, by decreasing score; with
@@ -197,6 +431,10 @@ def _curve(fn: str, maps, masks, max_fpr: float) -> PROCurve:
         keep = region_scores >= t_k
         region_scores, ids = region_scores[keep], ids[keep]
     region_scores, ids = _descending(region_scores, ids)
+    error_bound = 0.0
+    if isinstance(normal, _BinnedScores):
+        region_scores = normal.tie(region_scores)
+        error_bound = normal.error_bound
     weights = inverse_sizes[ids]
     values, ends = _common.distinct(region_scores)  # distinct scores, descending
     mass_ge = np.cumsum(weights)[ends]  # sum of 1/|r| over region pixels >= value
@@ -224,11 +462,23 @@ def _curve(fn: str, maps, masks, max_fpr: float) -> PROCurve:
     thresholds[2::2] = values
     keep = np.ones(2 * n + 1, bool)
     keep[1::2] = fp_gt != fp[0:-1:2]
-    return PROCurve(
+    curve = PROCurve(
         fpr=fp[keep] / num_normal,
         pro=mass[keep] / num_regions,
         thresholds=thresholds[keep],
     )
+    return curve, error_bound
+
+
+def _check_tolerance(fn: str, tolerance) -> float:
+    if isinstance(tolerance, bool) or not isinstance(
+        tolerance, (int, float, np.floating, np.integer)
+    ):
+        raise TypeError(f"{fn}: tolerance must be a float >= 0; got {tolerance!r}.")
+    tolerance = float(tolerance)
+    if not 0.0 <= tolerance < 1.0:  # NaN fails too
+        raise ValueError(f"{fn}: tolerance must be in [0, 1); got {tolerance}.")
+    return tolerance
 
 
 def _area(fpr: np.ndarray, pro_values: np.ndarray, max_fpr: float) -> float:
@@ -282,7 +532,7 @@ def pro_curve(
     """
     fn = "pro_curve"
     max_fpr = _common.check_fraction(fn, "max_fpr", max_fpr)
-    return _curve(fn, maps, masks, max_fpr)
+    return _curve(fn, maps, masks, max_fpr)[0]
 
 
 def pro_area(curve: PROCurve, *, max_fpr: float = 0.3) -> float:
@@ -330,7 +580,11 @@ def pro_area(curve: PROCurve, *, max_fpr: float = 0.3) -> float:
 
 
 def pro(
-    maps: jax.typing.ArrayLike, masks: jax.typing.ArrayLike, *, max_fpr: float = 0.3
+    maps: jax.typing.ArrayLike,
+    masks: jax.typing.ArrayLike,
+    *,
+    max_fpr: float = 0.3,
+    tolerance: float = 0.0,
 ) -> float:
     """AUPRO: the normalised area under the PRO curve up to ``max_fpr``.
 
@@ -343,6 +597,13 @@ def pro(
       maps: (..., H, W) float anomaly maps, leading axes are images; numpy or JAX.
       masks: (..., H, W) bool or 0/1 ground truth, the same shape; 1 = anomalous.
       max_fpr: float in (0, 1], the FPR integration limit (0.3 in MVTec AD).
+      tolerance: float in [0, 1). 0 (default): the exact value. Otherwise a value
+        guaranteed within ``tolerance`` of it, computed about twice as fast on large
+        sets (>= 2^22 pixels; smaller ones are always exact): the normal scores are
+        counted in score bins rather than sorted, with a rigorous error bound (see
+        the module docstring). ``1e-6`` is far below the precision papers report
+        (and below the MVTec reference's own binning, ~3e-3); on the 113M-pixel
+        benchmark its actual error was 2e-9.
 
     Returns:
       AUPRO in [0, 1] as a Python float.
@@ -350,8 +611,10 @@ def pro(
     Raises:
       ValueError: shapes differ or rank < 2, masks not binary, no anomalous pixel in
         the whole set (PRO averages over regions: undefined, raised rather than NaN),
-        no normal pixel, NaN or inf in ``maps``, ``max_fpr`` outside (0, 1].
-      TypeError: non-floating ``maps``, non-numeric ``masks``.
+        no normal pixel, NaN or inf in ``maps``, ``max_fpr`` outside (0, 1],
+        ``tolerance`` outside [0, 1).
+      TypeError: non-floating ``maps``, non-numeric ``masks``, non-numeric
+        ``tolerance``.
 
     Note:
       Which AUPRO: this is the exact curve at every distinct score, as anomalib >= 2.3
@@ -371,7 +634,8 @@ def pro(
       crosses two tiles counts twice). Precision: counts are int64, PRO sums are
       float64 (relative error ~1e-13 on 1e8 pixels). Cost: labelling, one pass over
       the maps, and a sort of the normal scores above the limit (about
-      ``max_fpr`` of them).
+      ``max_fpr`` of them); with ``tolerance > 0`` a second pass over those scores
+      replaces most of the sort.
 
     Example:
       >>> import numpy as np
@@ -387,5 +651,6 @@ def pro(
     """
     fn = "pro"
     max_fpr = _common.check_fraction(fn, "max_fpr", max_fpr)
-    curve = _curve(fn, maps, masks, max_fpr)
+    tolerance = _check_tolerance(fn, tolerance)
+    curve, _ = _curve(fn, maps, masks, max_fpr, tolerance)
     return _area(curve.fpr, curve.pro, max_fpr)

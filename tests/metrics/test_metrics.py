@@ -524,6 +524,99 @@ def test_pro_chunking_and_bound_fallback_do_not_change_the_value(monkeypatch):
     assert metrics.pro(maps, masks) == expected
 
 
+def _spy_binned(monkeypatch):
+    """Records what each call of regions._binned_scores returns."""
+    built, original = [], regions._binned_scores
+
+    def spy(*args):
+        built.append(original(*args))
+        return built[-1]
+
+    monkeypatch.setattr(regions, "_binned_scores", spy)
+    return built
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("levels", [None, 25])
+def test_pro_binned_path_with_zero_tolerance_is_the_exact_curve(
+    monkeypatch, dtype, levels
+):
+    # tolerance 0 refines every bin that holds a region score: nothing is tied, and
+    # the curve is the sorted path's, point for point
+    rng = np.random.default_rng(17)
+    masks = _blob_masks(rng, 9, 24)
+    maps = _maps(rng, masks, levels=levels, dtype=dtype)
+    expected = metrics.pro_curve(maps, masks, max_fpr=0.3)
+    built = _spy_binned(monkeypatch)
+    monkeypatch.setattr(regions, "_BINNED_EXACT", True)
+    monkeypatch.setattr(regions, "_BINS", 64)
+    monkeypatch.setattr(regions, "_SAMPLE", 300)
+    monkeypatch.setattr(_common, "_MIN_CHUNK", 700)  # several chunks and runs
+    got = metrics.pro_curve(maps, masks, max_fpr=0.3)
+    assert len(built) == 1 and built[0] is not None
+    assert len(built[0].exact.runs) > 1 and built[0].error_bound == 0.0
+    for a, b in zip(got, expected, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert metrics.pro(maps, masks) == pytest.approx(
+        _anomalib_exact_pro(maps, masks, 0.3), abs=_TOL
+    )
+
+
+@pytest.mark.parametrize("tolerance", [0.5, 1e-2, 1e-3, 1e-4, 1e-6])
+def test_pro_with_tolerance_is_within_its_error_bound(monkeypatch, tolerance):
+    rng = np.random.default_rng(18)
+    masks = _blob_masks(rng, 12, 32)
+    maps = _maps(rng, masks, dtype=np.float32)
+    exact = _anomalib_exact_pro(maps, masks, 0.3)
+    built = _spy_binned(monkeypatch)
+    monkeypatch.setattr(regions, "_MIN_BINNED", 0)
+    monkeypatch.setattr(regions, "_BINS", 16)  # coarse bins: a large bound to cut
+    monkeypatch.setattr(regions, "_SAMPLE", 500)
+    value = metrics.pro(maps, masks, tolerance=tolerance)
+    curve, bound = regions._curve("pro", maps, masks, 0.3, tolerance)
+    assert built[0] is not None and built[0].error_bound == bound
+    assert value == regions._area(curve.fpr, curve.pro, 0.3)
+    assert 0.0 <= bound <= tolerance
+    assert abs(value - exact) <= bound + _TOL
+    if tolerance == 0.5:  # nothing refined but the limit's bin: binning shows
+        assert built[0].refined.sum() == 1
+        assert bound > 1e-3 and abs(value - exact) > 1e-5
+    else:
+        assert built[0].refined.sum() > 1
+
+
+def test_pro_error_bound_is_reached_by_a_staircase(monkeypatch):
+    # Two bins above the limit's bin (lo = 0, bin width 1/4 with _BINS = 4): in
+    # [0.75, 1] a region pixel above a normal pixel (the exact curve rises before it
+    # moves right), in [0.5, 0.75) only normal pixels. The tied bin turns the step
+    # into a diagonal: the error is the whole half rectangle.
+    normal = np.array([0.8, 0.6, 0.55, 0.3, 0.2, 0.1, 0.05, 0.0])
+    maps = np.concatenate([[0.9], normal])[None, :]
+    masks = np.zeros_like(maps, bool)
+    masks[0, 0] = True
+    monkeypatch.setattr(regions, "_MIN_BINNED", 0)
+    monkeypatch.setattr(regions, "_BINS", 4)
+    monkeypatch.setattr(regions, "_lower_bound", lambda *args: 0.0)
+    monkeypatch.setattr(regions, "_normal_sample", lambda *args: np.array([1.0]))
+    exact = metrics.pro(maps, masks, max_fpr=0.5)
+    assert exact == 1.0
+    value = metrics.pro(maps, masks, max_fpr=0.5, tolerance=0.5)
+    _, bound = regions._curve("pro", maps, masks, 0.5, 0.5)
+    assert bound == pytest.approx(0.5 * (1 / 8) * 1.0 / 0.5)  # dFPR dPRO / 2 / limit
+    assert exact - value == pytest.approx(bound)
+
+
+def test_pro_with_tolerance_is_exact_when_the_scores_do_not_spread(monkeypatch):
+    # every normal score equal: no bin width, so the exact path answers
+    rng = np.random.default_rng(19)
+    masks = _blob_masks(rng, 6, 16)
+    maps = np.where(masks, rng.random(masks.shape) + 0.5, 0.25)
+    built = _spy_binned(monkeypatch)
+    monkeypatch.setattr(regions, "_MIN_BINNED", 0)
+    assert metrics.pro(maps, masks, tolerance=1e-3) == metrics.pro(maps, masks)
+    assert built == [None]
+
+
 def test_pro_jax_inputs_and_shapes():
     rng = np.random.default_rng(14)
     masks = _blob_masks(rng, 4, 8)
@@ -598,6 +691,21 @@ def test_iou_and_dice_empty_masks_score_100():
         ),
         (lambda: metrics.pro(np.ones(4), np.ones(4)), ValueError, r"\(\.\.\., H, W\)"),
         (lambda: metrics.pro(np.ones((2, 4)), np.ones((4, 2))), ValueError, "maps and"),
+        (
+            lambda: metrics.pro(np.ones((2, 4)), np.eye(2, 4), tolerance=-0.1),
+            ValueError,
+            "tolerance",
+        ),
+        (
+            lambda: metrics.pro(np.ones((2, 4)), np.eye(2, 4), tolerance=float("nan")),
+            ValueError,
+            "tolerance",
+        ),
+        (
+            lambda: metrics.pro(np.ones((2, 4)), np.eye(2, 4), tolerance="1e-6"),
+            TypeError,
+            "tolerance",
+        ),
         (
             lambda: metrics.pro(np.ones((2, 4)), np.ones((2, 4)) * 3),
             ValueError,
