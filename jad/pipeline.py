@@ -9,7 +9,8 @@ images, differentiable end to end (F2PAD back-propagates through it).
 ``embed`` on device, keeps only the embeddings (host memory), then calls the method's
 ``fit``. ``save_detector`` / ``load_detector`` store the method state with orbax and the
 rest as JSON; the backbone weights are not copied (they are re-obtained with
-:func:`jad.backbones.load_pretrained` from the recorded source).
+:func:`jad.backbones.load_pretrained` from the recorded source), but their digest is
+recorded and checked on loading, so a detector never silently runs on other weights.
 """
 
 from __future__ import annotations
@@ -341,6 +342,7 @@ def save_detector(
             "method": detector.method,
             "backbone": detector.backbone,
             "weights": detector.weights,
+            "weights_sha256": bb.variables_digest(detector.variables),
             "image_size": list(detector.image_size),
             "config": dataclasses.asdict(detector.config),
             "metadata": metadata or {},
@@ -383,7 +385,9 @@ def _read_meta(directory: Path) -> dict:
     return meta
 
 
-def load_detector(directory, *, variables=None, cache_dir=None) -> Detector:
+def load_detector(
+    directory, *, variables=None, cache_dir=None, check_weights: bool = True
+) -> Detector:
     """Restores a detector saved by :func:`save_detector`.
 
     Args:
@@ -391,13 +395,18 @@ def load_detector(directory, *, variables=None, cache_dir=None) -> Detector:
       variables: backbone variables to use (default: re-obtained with
         :func:`jad.backbones.load_pretrained` from the recorded weights source).
       cache_dir: weight cache for :func:`jad.backbones.load_pretrained`.
+      check_weights: compare the variables' digest
+        (:func:`jad.backbones.variables_digest`) with the one recorded at saving and
+        refuse other weights. ``False`` uses the given weights anyway (the method
+        state was fitted on the recorded ones, so scores change).
 
     Returns:
       The :class:`Detector`, giving scores identical to the saved one.
 
     Raises:
-      ValueError: the folder is not a saved detector (names the file), or was written
-        by a newer format.
+      ValueError: the folder is not a saved detector (names the file), was written
+        by a newer format, or the backbone variables are not those it was fitted
+        with (``check_weights``).
     """
     import orbax.checkpoint as ocp
 
@@ -414,6 +423,17 @@ def load_detector(directory, *, variables=None, cache_dir=None) -> Detector:
         variables = bb.load_pretrained(
             backbone, weights=meta.get("weights"), cache_dir=cache_dir, progress=False
         )
+    recorded = meta.get("weights_sha256")  # absent in folders saved before it
+    if check_weights and recorded is not None:
+        found = bb.variables_digest(variables)
+        if found != recorded:
+            source = meta.get("weights") or "the default pretrained weights"
+            raise ValueError(
+                f"load_detector: the {backbone} variables (sha256 {found[:12]}...) "
+                f"are not those {directory / 'detector.json'} was fitted with "
+                f"({recorded[:12]}..., from {source}); its scores would be wrong. "
+                "Pass the same weights, or check_weights=False to use these anyway."
+            )
     return Detector(
         variables=variables, state=state, method=method, backbone=backbone,
         image_size=tuple(meta["image_size"]), weights=meta.get("weights"),

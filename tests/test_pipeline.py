@@ -199,6 +199,21 @@ def test_save_load_round_trip(
     np.testing.assert_array_equal(np.asarray(scores2), np.asarray(scores))
 
 
+def test_load_refuses_other_backbone_weights(small_detectors, real_vars, tmp_path):
+    detector = small_detectors["padim"]
+    folder = pipeline.save_detector(detector, tmp_path / "d")
+    other = jax.tree_util.tree_map(lambda x: x * 1.01, real_vars)
+    with pytest.raises(ValueError, match=r"not those .*detector.json was fitted"):
+        pipeline.load_detector(folder, variables=other)
+    loaded = pipeline.load_detector(folder, variables=other, check_weights=False)
+    assert loaded.variables is other
+    # folders saved before the digest was recorded load without the check
+    meta = json.loads((folder / "detector.json").read_text())
+    assert meta.pop("weights_sha256") == bb.variables_digest(real_vars)
+    (folder / "detector.json").write_text(json.dumps(meta))
+    assert pipeline.load_detector(folder, variables=other).variables is other
+
+
 def test_save_load_anomalib_preset(small_detectors, real_vars, tmp_path, rng):
     # The anomalib config (projection_dim None, nearest upsampling ...) survives the
     # JSON round trip; the state is built by hand (no second fit needed).

@@ -23,6 +23,7 @@ from jad.backbones.pretrained import (
     TORCHVISION_URLS,
     default_cache_dir,
     load_pretrained,
+    variables_digest,
 )
 from jad.backbones.registry import BackboneInfo, backbone_info, list_backbones
 from jad.backbones.resnet import ResNet
@@ -45,4 +46,5 @@ __all__ = [
     "normalize_imagenet",
     "port_torchvision",
     "read_state_dict",
+    "variables_digest",
 ]

@@ -82,6 +82,32 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def variables_digest(variables) -> str:
+    """SHA-256 (hex) of backbone variables: names, dtypes, shapes and values.
+
+    Two variable trees have the same digest exactly when they hold the same arrays
+    under the same names, whatever the container types (dict or FrozenDict) and
+    whether the arrays live on the host or a device. :func:`jad.pipeline.save_detector`
+    records it, and :func:`jad.pipeline.load_detector` checks it.
+
+    Args:
+      variables: a pytree of arrays, e.g. ``{"params": ..., "batch_stats": ...}``.
+
+    Returns:
+      64 hex characters.
+    """
+    leaves, _ = jax.tree_util.tree_flatten_with_path(variables)
+    digest = hashlib.sha256()
+    for path, leaf in sorted(
+        ((jax.tree_util.keystr(path), leaf) for path, leaf in leaves),
+        key=lambda item: item[0],
+    ):
+        array = np.ascontiguousarray(np.asarray(leaf))
+        digest.update(f"{path}|{array.dtype.str}|{array.shape}\n".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
 def _hash_prefix(url: str) -> str:
     stem = url.rsplit("/", 1)[-1].rsplit(".", 1)[0]
     return stem.rsplit("-", 1)[-1]

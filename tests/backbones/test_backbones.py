@@ -443,6 +443,38 @@ def test_missing_file_and_unknown_extension(tmp_path):
         bb.read_state_dict(odd)
 
 
+def test_variables_digest_identifies_names_dtypes_and_values():
+    import hashlib
+
+    from flax.core import FrozenDict
+
+    rng = np.random.default_rng(0)
+    tree = {
+        "params": {"conv": {"kernel": rng.standard_normal((3, 3, 2, 4), np.float32)}},
+        "batch_stats": {"bn": {"mean": np.zeros(4, np.float32)}},
+    }
+    digest = bb.variables_digest(tree)
+    # an independent sha256 over the leaves in sorted path order
+    reference = hashlib.sha256()
+    for path, leaf in (
+        ("['batch_stats']['bn']['mean']", tree["batch_stats"]["bn"]["mean"]),
+        ("['params']['conv']['kernel']", tree["params"]["conv"]["kernel"]),
+    ):
+        reference.update(f"{path}|{leaf.dtype.str}|{leaf.shape}\n".encode())
+        reference.update(leaf.tobytes())
+    assert digest == reference.hexdigest()
+    # containers and device placement do not matter
+    on_device = jax.tree_util.tree_map(jnp.asarray, tree)
+    assert bb.variables_digest(FrozenDict(on_device)) == digest
+    # one value, one name or one dtype does
+    changed = jax.tree_util.tree_map(np.copy, tree)
+    changed["batch_stats"]["bn"]["mean"][2] = 1e-7
+    renamed = {"params": tree["params"], "stats": tree["batch_stats"]}
+    widened = jax.tree_util.tree_map(lambda x: x.astype(np.float64), tree)
+    digests = {bb.variables_digest(t) for t in (changed, renamed, widened)}
+    assert digest not in digests and len(digests) == 3
+
+
 def test_port_lists_missing_unexpected_and_misshaped_keys(resnet18_state):
     state = dict(resnet18_state)
     del state["layer1.0.conv1.weight"]
