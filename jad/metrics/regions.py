@@ -181,18 +181,22 @@ def _normal_runs(scores: np.ndarray, masks: np.ndarray, bound) -> _common.Sorted
     """
 
     def collect_and_sort(chunk: slice) -> np.ndarray:
-        s_all, m_all = scores[chunk], masks[chunk]
-        parts, buffer = [], np.empty(min(_CHUNK, s_all.size), bool)
-        for start in range(0, s_all.size, _CHUNK):
-            s, m = s_all[start : start + _CHUNK], m_all[start : start + _CHUNK]
-            keep = buffer[: s.size]
-            np.greater_equal(s, bound, out=keep)
-            np.greater(keep, m, out=keep)  # keep & ~m for bools
-            parts.append(s[keep])
-        kept = np.concatenate(parts) if parts else scores[:0].copy()
+        kept = _normal_at_least(scores[chunk], masks[chunk], bound)
         return _common.sort_scratch(kept)
 
     return _common.SortedRuns(tuple(_common.map_chunks(collect_and_sort, scores.size)))
+
+
+def _normal_at_least(scores: np.ndarray, masks: np.ndarray, bound) -> np.ndarray:
+    """A new array of the normal pixels' scores >= bound, in steps of ``_CHUNK``."""
+    parts, buffer = [], np.empty(min(_CHUNK, scores.size), bool)
+    for start in range(0, scores.size, _CHUNK):
+        s, m = scores[start : start + _CHUNK], masks[start : start + _CHUNK]
+        keep = buffer[: s.size]
+        np.greater_equal(s, bound, out=keep)
+        np.greater(keep, m, out=keep)  # keep & ~m for bools
+        parts.append(s[keep])
+    return np.concatenate(parts) if parts else scores[:0].copy()
 
 
 def _bin_of(values: np.ndarray, lo, scale, num_bins: int) -> np.ndarray:
@@ -310,15 +314,7 @@ def _binned_scores(
     step = _CHUNK * 16  # kept scores binned per call (bounded temporaries)
 
     def keep_and_count(chunk: slice) -> tuple[np.ndarray, np.ndarray]:
-        s_all, m_all = scores[chunk], masks[chunk]
-        parts, buffer = [], np.empty(min(_CHUNK, s_all.size), bool)
-        for start in range(0, s_all.size, _CHUNK):
-            s, m = s_all[start : start + _CHUNK], m_all[start : start + _CHUNK]
-            keep = buffer[: s.size]
-            np.greater_equal(s, lo, out=keep)
-            np.greater(keep, m, out=keep)  # keep & ~m for bools
-            parts.append(s[keep])
-        kept = np.concatenate(parts) if parts else scores[:0].copy()
+        kept = _normal_at_least(scores[chunk], masks[chunk], lo)
         hist = np.zeros(num_bins, np.int64)
         for start in range(0, kept.size, step):
             bins = _bin_of(kept[start : start + step], lo, scale, num_bins)
