@@ -19,7 +19,7 @@ import contextlib
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -154,7 +154,7 @@ def map_chunks(fn: Callable[[slice], T], size: int) -> list[T]:
         return list(pool.map(fn, slices))
 
 
-def map_items(fn: Callable[[T], T], items: Sequence[T]) -> list:
+def map_items(fn: Callable[[Any], T], items: Sequence) -> list[T]:
     """``[fn(item) for item in items]``, the items on a thread pool (one per core)."""
     if len(items) <= 1 or _device_sorting():
         return [fn(item) for item in items]
