@@ -573,6 +573,13 @@ def _finish(
     samples = _take_first(fn, samples, num_train, split)
     if verify:
         samples = _verify(samples, problems)
+    if not samples:
+        skipped = len(problems.skipped)
+        raise DatasetError(
+            f"{fn}: no {split} images under {os.fspath(root)}"
+            + (f" (all {skipped} skipped as unreadable or unpaired)" if skipped else "")
+            + "; check the folder and the split."
+        )
     return Dataset(
         kind=kind,
         root=os.fspath(root),

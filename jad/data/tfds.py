@@ -219,8 +219,10 @@ def load_dtd_tfds(
 ):
     """The Describable Textures Dataset through TFDS's ``dtd`` builder.
 
-    Downloads and prepares DTD on first use (needs network access); offline, read a
-    DTD folder with :func:`jad.data.load_dtd` instead.
+    Downloads and prepares DTD on first use (needs network access, and TensorFlow:
+    TFDS's ``dtd`` builder reads its split lists with ``tf.io.gfile``; Colab has it);
+    reading a prepared copy needs neither. Offline, read a DTD folder with
+    :func:`jad.data.load_dtd` instead.
 
     Args:
       split: a TFDS split of ``dtd`` ("train", "validation", "test", or slices such

@@ -223,6 +223,18 @@ def test_mask_without_image_is_reported(mvtec):
         data.load_mvtec(mvtec, "bottle", "test", on_error="raise")
 
 
+def test_a_split_without_images_is_an_error_naming_the_root(mvtec):
+    with pytest.raises(DatasetError, match=r"no test images under .*mvtec_ad"):
+        data.load_mvtec(mvtec, "cable", "test")  # test/good exists but is empty
+    assert len(data.load_mvtec(mvtec, "cable", "train")) == 1
+    (mvtec / "cable" / "train" / "good" / "000.png").write_bytes(b"not a png")
+    with (
+        pytest.warns(UserWarning, match="000.png"),
+        pytest.raises(DatasetError, match="all 1 skipped"),
+    ):
+        data.load_mvtec(mvtec, "cable", "train", on_error="skip", verify=True)
+
+
 def test_unexpected_file_is_reported_not_dropped(mvtec):
     note = mvtec / "bottle" / "test" / "good" / "notes.txt"
     note.write_text("hello")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -108,6 +110,56 @@ def test_mvtec_builder_class_has_manual_instructions_and_configs():
     assert cls is jad_tfds.mvtec_builder_class()  # defined (registered) once
     assert "manual" in cls.MANUAL_DOWNLOAD_INSTRUCTIONS
     assert len(cls.BUILDER_CONFIGS) == 15
+
+
+def test_dtd_tfds_prepares_and_reads_a_tiny_archive(tmp_path, monkeypatch):
+    # TFDS's own dtd builder on a tiny archive in DTD's layout (labels/<split>1.txt
+    # lists images/<class>/<file>); the download is replaced by the local folder.
+    tfds = pytest.importorskip("tensorflow_datasets")
+    from tensorflow_datasets.image_classification import dtd as tfds_dtd
+
+    if importlib.util.find_spec("tensorflow") is None:
+        # the builder reads its split lists with tf.io.gfile: open() does the same
+        io = SimpleNamespace(gfile=SimpleNamespace(GFile=open))
+        monkeypatch.setattr(tfds_dtd, "tf", SimpleNamespace(io=io))
+    extracted = tmp_path / "extracted" / "dtd"
+    splits = {
+        "train1": ["banded/banded_0001.jpg", "woven/woven_0002.jpg"],
+        "test1": ["banded/banded_0003.jpg"],
+        "val1": ["woven/woven_0004.jpg"],
+    }
+    rng = np.random.default_rng(3)
+    for split, names in splits.items():
+        (extracted / "labels").mkdir(parents=True, exist_ok=True)
+        (extracted / "labels" / f"{split}.txt").write_text("\n".join(names) + "\n")
+        for name in names:
+            pixels = rng.integers(0, 256, (9, 7, 3), np.uint8)
+            write(extracted / "images" / name, pixels)
+    urls = []
+
+    def download_and_extract(self, url):
+        urls.append(url)
+        return os.fspath(extracted.parent)
+
+    monkeypatch.setattr(
+        tfds.download.DownloadManager, "download_and_extract", download_and_extract
+    )
+    data_dir = tmp_path / "tfds"
+    source = jad_tfds.load_dtd_tfds("train", data_dir=data_dir)
+    assert len(urls) == 1 and "dtd" in urls[0]
+    names = tfds.builder("dtd", data_dir=data_dir).info.features["label"].names
+    examples = sorted(
+        (source[i] for i in range(len(source))), key=lambda ex: ex["file_name"]
+    )
+    assert [ex["file_name"].decode() for ex in examples] == splits["train1"]
+    for ex in examples:
+        name = ex["file_name"].decode()
+        assert names[ex["label"]] == name.split("/")[0]
+        with Image.open(extracted / "images" / name) as im:
+            np.testing.assert_array_equal(ex["image"], np.asarray(im.convert("RGB")))
+    # prepared once: later calls read it without downloading, even offline
+    test = jad_tfds.load_dtd_tfds("test", data_dir=data_dir, download=False)
+    assert len(test) == 1 and len(urls) == 1
 
 
 def test_dtd_tfds_not_prepared_offline(tmp_path):
