@@ -19,6 +19,7 @@ __all__ = [
     "check_choice",
     "check_finite",
     "check_int",
+    "check_key",
     "check_rank",
     "is_concrete",
 ]
@@ -105,3 +106,22 @@ def check_choice(fn: str, name: str, value, choices: Sequence[str]) -> str:
             f"got {value!r}."
         )
     return value
+
+
+def check_key(fn: str, name: str, key) -> None:
+    """Raises ``TypeError`` unless ``key`` is one JAX PRNG key.
+
+    Accepts a typed key (``jax.random.key(seed)``, shape ``()``) or a raw one
+    (``jax.random.PRNGKey(seed)``, uint32 of shape ``(2,)``); also on tracers.
+    """
+    dtype, shape = getattr(key, "dtype", None), getattr(key, "shape", None)
+    if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+        if shape == ():
+            return
+    elif dtype == jnp.uint32 and shape == (2,):
+        return
+    raise TypeError(
+        f"{fn}: {name} must be one JAX PRNG key (jax.random.key(seed)); got "
+        + (f"{type(key).__name__} {dtype} {shape}" if dtype is not None else repr(key))
+        + "."
+    )

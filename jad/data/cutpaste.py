@@ -36,6 +36,7 @@ Region = Literal["any", "opposite_half"]
 _REGIONS = ("any", "opposite_half")
 Shape = Literal["ellipse", "blob", "scratch"]
 _SHAPES = ("ellipse", "blob", "scratch")
+_DEFAULT_MIN_DISTANCE = 0.2  # F2PAD leaves the "far" threshold open
 
 
 class CutPasteResult(NamedTuple):
@@ -153,7 +154,7 @@ def cut_paste(
     other_image: jax.typing.ArrayLike | None = None,
     scale_range: tuple[float, float] = (0.5, 1.5),
     max_angle: float = 180.0,
-    min_distance: float = 0.2,
+    min_distance: float | None = None,
     factor: float = 0.5,
     region: Region = "any",
 ) -> CutPasteResult:
@@ -181,8 +182,9 @@ def cut_paste(
         0 disables rotation.
       min_distance: the "far" threshold: anomaly pixels closer than this to the
         original (Euclidean norm over channels, [0, 1] units) are pushed away.
-        ``0 < min_distance <= (1 - factor) √C / 2 / (1 + factor)`` (0.289 for RGB at
-        the default factor), which guarantees the push succeeds.
+        ``0 < min_distance <= (1 - factor) √C / 2 / (1 + factor)`` (0.289 for RGB and
+        0.167 for one channel at the default factor), which guarantees the push
+        succeeds. Default (None): 0.2, or that bound when it is smaller.
       factor: the push factor, 0 < factor < 1 (see Note).
       region: where the structural source is taken: ``"any"`` offset, or
         ``"opposite_half"`` (from the left half when the defect sits in the right half
@@ -194,11 +196,12 @@ def cut_paste(
       never empty when some source mask is non-empty.
 
     Raises:
-      ValueError: bad shapes, an all-empty concrete ``mask_source``, concrete values
-        outside [0, 1], a bad range, ``min_distance`` or ``factor``, unknown ``kind``
-        or ``region``, ``other_image`` missing for ``"structural"`` or given for
-        ``"color"``.
-      TypeError: non-floating images, non-bool ``mask_source``.
+      ValueError: bad shapes, an empty image, an all-empty concrete ``mask_source``,
+        concrete values outside [0, 1], a bad range, ``min_distance`` or ``factor``,
+        unknown ``kind`` or ``region``, ``other_image`` missing for ``"structural"``
+        or given for ``"color"``.
+      TypeError: ``key`` not a PRNG key, non-floating images, non-bool
+        ``mask_source``.
 
     Note:
       Choices F2PAD leaves open (§IV-A.1): the colour is uniform in [0, 1]^C; the scale
@@ -224,10 +227,13 @@ def cut_paste(
       (True, True)
     """
     fn = "cut_paste"
+    _checks.check_key(fn, "key", key)
     _checks.check_choice(fn, "kind", kind, _KINDS)
     _checks.check_choice(fn, "region", region, _REGIONS)
     image = _checks.as_float_array(fn, "image", image)
     _checks.check_rank(fn, "image", image, 3, "H, W, C")
+    if 0 in image.shape:
+        raise ValueError(f"{fn}: image must be non-empty; got shape {image.shape}.")
     _check_unit_range(fn, "image", image)
     channels = image.shape[-1]
     if kind == "structural":
@@ -261,6 +267,12 @@ def cut_paste(
     bound = None
     if _checks.is_concrete(factor):
         bound = _max_min_distance(float(np.asarray(factor)), channels)
+    if min_distance is None:
+        min_distance = (
+            _DEFAULT_MIN_DISTANCE
+            if bound is None
+            else min(_DEFAULT_MIN_DISTANCE, bound)
+        )
     _check_scalar(fn, "min_distance", min_distance, low=0.0, high=bound)
 
     return _cut_paste(
@@ -351,7 +363,7 @@ def random_defect_mask(
 
     Raises:
       ValueError: bad ``shape`` or unknown ``kind``.
-      TypeError: non-int ``shape``.
+      TypeError: non-int ``shape``, ``key`` not a PRNG key.
 
     Example:
       >>> import jax
@@ -361,6 +373,7 @@ def random_defect_mask(
       ((32, 32), 'bool', True)
     """
     fn = "random_defect_mask"
+    _checks.check_key(fn, "key", key)
     _checks.check_choice(fn, "kind", kind, _SHAPES)
     if isinstance(shape, (str, bytes)) or not isinstance(shape, Sequence):
         raise ValueError(f"{fn}: shape must be a pair (h, w); got {shape!r}.")

@@ -220,6 +220,8 @@ def _to_pil(fn: str, name: str, image) -> Image.Image:
             f"{fn}: {name} must be a PIL image or a uint8/uint16 array; got dtype "
             f"{array.dtype}."
         )
+    if array.ndim in (2, 3) and 0 in array.shape[:2]:
+        raise ValueError(f"{fn}: {name} is empty (shape {array.shape}).")
     if array.ndim == 3 and array.shape[-1] == 1:
         array = array[..., 0]
     if array.ndim == 2:

@@ -194,8 +194,9 @@ def resize(
       (..., H_out, W_out) (or (..., H_out, W_out, C)) with the dtype of ``maps``.
 
     Raises:
-      ValueError: too few axes, a bad ``shape``, unknown ``method``, ``align_corners``
-        or ``antialias`` with ``"nearest"``, ``antialias`` with ``align_corners``.
+      ValueError: too few axes, an empty H or W, a bad ``shape``, unknown ``method``,
+        ``align_corners`` or ``antialias`` with ``"nearest"``, ``antialias`` with
+        ``align_corners``.
       TypeError: non-floating ``maps`` for bilinear/bicubic, non-int ``shape``.
 
     Note:
@@ -233,6 +234,10 @@ def resize(
         )
     h_axis, w_axis = (-3, -2) if channels_last else (-2, -1)
     in_h, in_w = maps.shape[h_axis], maps.shape[w_axis]
+    if in_h < 1 or in_w < 1:
+        raise ValueError(
+            f"{fn}: maps must have H, W >= 1 to resize; got shape {tuple(maps.shape)}."
+        )
     if method == "nearest":
         out = maps
         if out_w != in_w:

@@ -148,6 +148,9 @@ def test_cut_paste_accepts_raw_uint32_keys(image, sources):
     "kwargs, error, match",
     [
         ({"kind": "texture"}, ValueError, "kind"),
+        ({"key": 0}, TypeError, "key must be one JAX PRNG key"),
+        ({"key": jax.random.split(jax.random.key(0))}, TypeError, "key"),
+        ({"image": np.zeros((0, 4, 3), np.float32)}, ValueError, "non-empty"),
         ({"region": "left"}, ValueError, "region"),
         ({"image": np.zeros((4, 4), np.float32)}, ValueError, "image must be"),
         ({"image": np.zeros((4, 4, 3), np.uint8)}, TypeError, "image"),
@@ -195,12 +198,15 @@ def test_min_distance_bound_is_the_documented_formula():
         min_distance=bound,
     )
     assert bool(ok.mask.any())
+    gray = jnp.full((4, 4, 1), 0.5)  # one channel: a smaller bound (0.167)
     with pytest.raises(ValueError, match="min_distance"):
-        cut_paste(
-            jax.random.key(0),
-            jnp.full((4, 4, 1), 0.5),  # one channel: a smaller bound (0.167)
-            jnp.ones((2, 2), bool),
-        )
+        cut_paste(jax.random.key(0), gray, jnp.ones((2, 2), bool), min_distance=0.2)
+    # the default takes the bound when 0.2 is out of reach, and keeps its promise
+    gray_bound = (1 - 0.5) * 1 / 2 / 1.5
+    for seed in range(8):
+        out = cut_paste(jax.random.key(seed), gray, jnp.ones((2, 2), bool))
+        moved = jnp.abs(out.image - gray)[..., 0]
+        assert float(jnp.min(jnp.where(out.mask, moved, 1.0))) >= gray_bound - 1e-6
 
 
 # -------------------------------------------------------------- random_defect_mask

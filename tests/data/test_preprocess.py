@@ -243,6 +243,9 @@ def test_preprocess_image_rejects_bad_arrays_and_float_images():
         preprocess_image(np.zeros((4, 4), np.float32))
     with pytest.raises(ValueError, match="shape"):
         preprocess_image(np.zeros((4, 4, 2), np.uint8))
+    for empty in (np.zeros((0, 4, 3), np.uint8), np.zeros((4, 0), np.uint16)):
+        with pytest.raises(ValueError, match="is empty"):
+            preprocess_image(empty)
     with pytest.raises(ValueError, match="'F'"):
         preprocess_image(Image.new("F", (4, 4)))
     with pytest.raises(TypeError, match="transform"):

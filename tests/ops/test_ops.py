@@ -371,6 +371,8 @@ def test_resize_gradients(rng, x64, method, align_corners, antialias):
         ((np.zeros((4, 4), int), (2, 2)), {}, TypeError, "maps"),
         ((np.zeros((4, 4)), (2,)), {}, ValueError, "shape must be a pair"),
         ((np.zeros((4, 4)), (0, 2)), {}, ValueError, "shape"),
+        ((np.zeros((0, 4)), (2, 2)), {}, ValueError, "H, W >= 1"),
+        ((np.zeros((3, 0)), (2, 2)), {"method": "nearest"}, ValueError, "H, W >= 1"),
         ((np.zeros((4, 4)), (2.0, 2)), {}, TypeError, "shape"),
         ((np.zeros((4, 4)), (2, 2)), {"method": "cubic"}, ValueError, "method"),
         (
