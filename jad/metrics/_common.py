@@ -129,10 +129,22 @@ def _device_sorting() -> bool:
 
 
 def _num_workers() -> int:
+    """Threads the metrics use: the cores this process may run on.
+
+    The environment variable ``JAD_METRICS_THREADS`` (a positive integer) caps it.
+    """
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cores = max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
+        cores = max(1, os.cpu_count() or 1)
+    limit = os.environ.get("JAD_METRICS_THREADS", "").strip()
+    if not limit:
+        return cores
+    if not limit.isdigit() or int(limit) < 1:
+        raise ValueError(
+            f"JAD_METRICS_THREADS must be a positive integer; got {limit!r}."
+        )
+    return min(cores, int(limit))
 
 
 def map_chunks(fn: Callable[[slice], T], size: int) -> list[T]:

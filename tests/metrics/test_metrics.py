@@ -295,6 +295,21 @@ def test_several_sorted_runs_give_scikit_learn_values(monkeypatch, levels):
     np.testing.assert_array_equal(pr.thresholds, thresholds)
 
 
+def test_thread_limit_from_the_environment(monkeypatch):
+    monkeypatch.setattr(_common, "_MIN_CHUNK", 16)
+    cores = _common._num_workers()
+    seen = []
+    for limit, expected in (("1", 1), ("2", min(2, cores)), ("999", cores)):
+        monkeypatch.setenv("JAD_METRICS_THREADS", limit)
+        assert _common._num_workers() == expected
+        seen.append(len(_common.map_chunks(lambda chunk: chunk, 1000)))
+    assert seen == [1, min(2, cores), cores]
+    for bad in ("0", "two", "-1"):
+        monkeypatch.setenv("JAD_METRICS_THREADS", bad)
+        with pytest.raises(ValueError, match="JAD_METRICS_THREADS"):
+            metrics.auroc(np.arange(3.0), [0, 1, 1])
+
+
 def test_sorted_runs_count_and_select_like_one_sorted_array():
     rng = np.random.default_rng(22)
     values = np.round(rng.standard_normal(500), 1).astype(np.float32)  # many ties
