@@ -108,8 +108,13 @@ def _distances(points, center):
     return jnp.sqrt(jnp.sum(diff * diff, axis=-1))
 
 
-@functools.partial(jax.jit, static_argnames=("n_select",))
-def _greedy(points, initial, n_select):
+_BLOCK = 1024  # picks per compiled call: a progress update and a chance to stop
+
+
+@functools.partial(jax.jit, static_argnames=("count",))
+def _greedy_block(points, min_d, count):
+    """``count`` greedy picks from the running minimum distances ``min_d``."""
+
     def body(i, carry):
         min_d, selected = carry
         idx = jnp.argmax(min_d).astype(jnp.int32)
@@ -117,9 +122,31 @@ def _greedy(points, initial, n_select):
         min_d = jnp.minimum(min_d, _distances(points, points[idx]))
         return min_d, selected
 
-    selected = jnp.zeros((n_select,), jnp.int32)
-    _, selected = jax.lax.fori_loop(0, n_select, body, (initial, selected))
-    return selected
+    selected = jnp.zeros((count,), jnp.int32)
+    return jax.lax.fori_loop(0, count, body, (min_d, selected))
+
+
+def _greedy(points, initial, n_select, progress):
+    """The greedy loop in blocks of ``_BLOCK`` picks, one host wait per block.
+
+    The device never waits on the host within a block; between blocks a progress
+    bar moves and Ctrl-C is honoured. Under a caller's ``jit`` (tracers) it is one
+    loop.
+    """
+    if not _checks.is_concrete(points):
+        return _greedy_block(points, initial, n_select)[1]
+    from tqdm.auto import tqdm
+
+    blocks, min_d = [], initial
+    with tqdm(
+        total=n_select, desc="coreset", unit="point", disable=not progress
+    ) as bar:
+        for start in range(0, n_select, _BLOCK):
+            count = min(_BLOCK, n_select - start)
+            min_d, selected = _greedy_block(points, min_d, count)
+            blocks.append(jax.block_until_ready(selected))
+            bar.update(count)
+    return blocks[0] if len(blocks) == 1 else jnp.concatenate(blocks)
 
 
 def greedy_coreset(
@@ -130,6 +157,7 @@ def greedy_coreset(
     variant: str = "official",
     num_starting_points: int = 10,
     starts=None,
+    progress: bool = False,
 ) -> jax.Array:
     """Indices of a greedy k-center coreset of ``points`` (already projected).
 
@@ -144,6 +172,8 @@ def greedy_coreset(
       starts: explicit start indices instead of random ones: (num_starting_points,)
         for ``"official"``, a single index for ``"anomalib"`` (to reproduce another
         implementation's run exactly).
+      progress: show a progress bar. The selection runs in blocks of 1024 picks
+        (a host wait per block, none per pick), so Ctrl-C stops it between blocks.
 
     Returns:
       (n_select,) int32 indices into ``points``, in selection order (distinct unless
@@ -196,7 +226,7 @@ def greedy_coreset(
             jax.vmap(lambda s: _distances(points, points[s]), out_axes=1)(starts),
             axis=1,
         )
-        return _greedy(points, initial, n_select)
+        return _greedy(points, initial, n_select, progress)
     if starts is None:
         first = jax.random.randint(key, (), 0, n, jnp.int32)
     else:
@@ -204,4 +234,4 @@ def greedy_coreset(
     # Step 0 must select ``first``: it alone starts at +inf, the others at the largest
     # finite value, which the first update replaces by their distance to ``first``.
     initial = jnp.where(jnp.arange(n) == first, jnp.inf, jnp.finfo(points.dtype).max)
-    return _greedy(points, initial, n_select)
+    return _greedy(points, initial, n_select, progress)

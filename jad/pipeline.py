@@ -15,6 +15,7 @@ recorded and checked on loading, so a detector never silently runs on other weig
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -26,6 +27,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import flax.errors
 import flax.struct
 import jax
 import jax.numpy as jnp
@@ -38,6 +40,7 @@ from jad.methods.base import get_method, max_image_score, postprocess
 __all__ = [
     "Detector",
     "anomaly_maps",
+    "check_output_folder",
     "embed_images",
     "fit_detector",
     "load_detector",
@@ -86,6 +89,18 @@ def _embed_jit(variables, images, *, method_name, config, backbone):
     return _embed(get_method(method_name), config, backbone, variables, images)
 
 
+@contextlib.contextmanager
+def _variables_fit(fn: str, backbone: str):
+    """Turns Flax's errors about missing or misshaped parameters into a ValueError."""
+    try:
+        yield
+    except flax.errors.FlaxError as err:
+        raise ValueError(
+            f"{fn}: the backbone variables do not fit {backbone!r} (variables of "
+            f"another backbone?): {str(err).splitlines()[0]}"
+        ) from err
+
+
 def embed_images(method: str, config, backbone: str, variables, images) -> jax.Array:
     """Backbone features of ``images`` turned into the method's embeddings.
 
@@ -99,10 +114,11 @@ def embed_images(method: str, config, backbone: str, variables, images) -> jax.A
     Returns:
       The method's embeddings, e.g. (B, h, w, D).
     """
-    return _embed_jit(
-        variables, jnp.asarray(images), method_name=method, config=config,
-        backbone=backbone,
-    )
+    with _variables_fit("embed_images", backbone):
+        return _embed_jit(
+            variables, jnp.asarray(images), method_name=method, config=config,
+            backbone=backbone,
+        )
 
 
 def _check_images(fn: str, images, image_size=None):
@@ -192,7 +208,7 @@ def fit_detector(
     embeddings = np.concatenate(chunks, axis=0)
     del chunks
     start = time.perf_counter()
-    state = spec.fit(config, embeddings, key=key)
+    state = spec.fit(config, embeddings, key=key, progress=progress)
     jax.block_until_ready(state)
     if progress:
         print(f"{method}: fitted on {embeddings.shape[0]} images in "
@@ -235,9 +251,10 @@ def anomaly_maps(detector: Detector, images) -> tuple[jax.Array, jax.Array]:
     """
     images = jnp.asarray(images)
     _check_images("anomaly_maps", images, detector.image_size)
-    if isinstance(images, jax.core.Tracer):
-        return _anomaly_maps(detector, images)
-    return _anomaly_maps_jit(detector, images)
+    with _variables_fit("anomaly_maps", detector.backbone):
+        if isinstance(images, jax.core.Tracer):
+            return _anomaly_maps(detector, images)
+        return _anomaly_maps_jit(detector, images)
 
 
 def predict(
@@ -298,6 +315,31 @@ def _config_from_dict(config_type, values: dict):
     return config_type(**kwargs)
 
 
+def check_output_folder(fn: str, directory) -> Path:
+    """The absolute path of a folder :func:`save_detector` may write.
+
+    Args:
+      fn: the caller, for the message.
+      directory: a new path, an empty folder, or a saved detector's folder.
+
+    Returns:
+      The absolute :class:`~pathlib.Path`.
+
+    Raises:
+      ValueError: ``directory`` exists and is neither empty nor a saved detector.
+    """
+    directory = Path(directory).absolute()
+    if directory.exists() and not (
+        (directory / "detector.json").is_file()
+        or (directory.is_dir() and not any(directory.iterdir()))
+    ):
+        raise ValueError(
+            f"{fn}: {directory} exists and is not a saved detector; choose "
+            "a new or empty folder (an existing detector folder is replaced)."
+        )
+    return directory
+
+
 def save_detector(
     detector: Detector, directory, *, metadata: dict | None = None
 ) -> Path:
@@ -319,15 +361,7 @@ def save_detector(
     """
     import orbax.checkpoint as ocp
 
-    directory = Path(directory).absolute()
-    if directory.exists() and not (
-        (directory / "detector.json").is_file()
-        or (directory.is_dir() and not any(directory.iterdir()))
-    ):
-        raise ValueError(
-            f"save_detector: {directory} exists and is not a saved detector; choose "
-            "a new or empty folder (an existing detector folder is replaced)."
-        )
+    directory = check_output_folder("save_detector", directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=directory.name + ".tmp"))
     try:
@@ -416,6 +450,14 @@ def load_detector(
     spec = get_method(method)
     config = _config_from_dict(spec.config_type, meta["config"])
     arrays = ocp.PyTreeCheckpointer().restore(directory / "state")
+    expected = {
+        f.name for f in dataclasses.fields(spec.state_type) if f.name != "config"
+    }
+    if set(arrays) != expected:
+        raise ValueError(
+            f"load_detector: {directory / 'state'} holds {sorted(arrays)}, not the "
+            f"{method} state's {sorted(expected)}: the folder is corrupt or mixed up."
+        )
     state = spec.state_type(
         **{k: jnp.asarray(v) for k, v in arrays.items()}, config=config
     )

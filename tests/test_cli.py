@@ -55,3 +55,45 @@ def test_unknown_subcommand_fails():
     with pytest.raises(SystemExit) as exc:
         main(["nonsense"])
     assert exc.value.code == 2
+
+
+def test_fit_checks_its_options_before_reading_data(tmp_path, capsys):
+    nowhere = str(tmp_path / "nowhere")
+    base = ["fit", "--data", nowhere, "--category", "brick"]
+    with pytest.raises(SystemExit) as exc:  # argparse names the flag
+        main([*base, "--method", "padim", "--out", nowhere, "--levels", "a"])
+    assert exc.value.code == 2
+    assert "--levels: expected comma-separated" in capsys.readouterr().err
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("keep")
+    for extra, message in (
+        (["--out", str(precious)], "is not a saved detector"),
+        (["--out", nowhere, "--preset", "anomalib"], "--preset applies to patchcore"),
+        (["--out", nowhere, "--coreset-ratio", "0.5"], "--coreset-ratio applies"),
+        (["--out", nowhere], "nowhere"),  # only then the data
+    ):
+        assert main([*base, "--method", "padim", *extra]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, err
+    assert (precious / "notes.txt").read_text() == "keep"
+
+
+def test_predict_refuses_missing_images_before_writing(tmp_path, capsys):
+    out = tmp_path / "out"
+    status = main(
+        ["predict", "--state", str(tmp_path), "a.png", "b.png", "--out", str(out)]
+    )
+    assert status == 2 and not out.exists()
+    assert "a.png, b.png" in capsys.readouterr().err
+
+
+def test_module_entry_point_and_help_without_none_defaults():
+    out = subprocess.run(
+        [sys.executable, "-m", "jad.cli", "fit", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "--method" in out and "(default: efficientnet_lite0)" in out
+    assert "(default: None)" not in out

@@ -20,6 +20,7 @@ from sklearn.random_projection import (
     johnson_lindenstrauss_min_dim,
 )
 
+from jad import coreset
 from jad.coreset import (
     dense_random_projection,
     greedy_coreset,
@@ -144,6 +145,29 @@ def test_num_starting_points_clipped_to_n(rng):
     points = rng.standard_normal((4, 3)).astype(np.float32)
     got = greedy_coreset(points, 2, key=jax.random.key(0), num_starting_points=10)
     assert got.shape == (2,)
+
+
+@pytest.mark.parametrize("variant", ["official", "anomalib"])
+def test_blocks_and_progress_do_not_change_the_selection(
+    monkeypatch, features, variant, capsys
+):
+    # 60 picks in blocks of 7 (8 full, one of 4): the same indices as one loop.
+    starts = [1, 2, 3] if variant == "official" else 5
+    whole = greedy_coreset(features, 60, starts=starts, variant=variant)
+    monkeypatch.setattr(coreset, "_BLOCK", 7)
+    calls = []
+    original = coreset._greedy_block
+    monkeypatch.setattr(
+        coreset,
+        "_greedy_block",
+        lambda p, d, count: calls.append(count) or original(p, d, count),
+    )
+    blocked = greedy_coreset(
+        features, 60, starts=starts, variant=variant, progress=True
+    )
+    assert calls == [7] * 8 + [4]
+    np.testing.assert_array_equal(np.asarray(blocked), np.asarray(whole))
+    assert "coreset" in capsys.readouterr().err  # the tqdm bar
 
 
 def test_greedy_jit_equals_nojit(features):

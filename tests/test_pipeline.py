@@ -214,6 +214,32 @@ def test_load_refuses_other_backbone_weights(small_detectors, real_vars, tmp_pat
     assert pipeline.load_detector(folder, variables=other).variables is other
 
 
+def test_load_refuses_a_state_of_another_method(small_detectors, real_vars, tmp_path):
+    folder = pipeline.save_detector(small_detectors["padim"], tmp_path / "d")
+    meta = json.loads((folder / "detector.json").read_text())
+    meta["method"] = "patchcore"
+    meta["config"] = {}
+    (folder / "detector.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"holds \['mean', 'whitening'\]"):
+        pipeline.load_detector(folder, variables=real_vars)
+
+
+def test_variables_of_another_backbone_are_a_value_error(small_train, small_detectors):
+    other = bb.init_variables("resnet18", jax.random.key(0))
+    with pytest.raises(ValueError, match="do not fit 'efficientnet_lite0'"):
+        pipeline.fit_detector(
+            "padim",
+            [small_train[:2]],
+            backbone=BACKBONE,
+            variables=other,
+            key=jax.random.key(0),
+            progress=False,
+        )
+    detector = small_detectors["padim"].replace(variables=other)
+    with pytest.raises(ValueError, match="anomaly_maps: the backbone variables"):
+        pipeline.anomaly_maps(detector, small_train[:1])
+
+
 def test_save_load_anomalib_preset(small_detectors, real_vars, tmp_path, rng):
     # The anomalib config (projection_dim None, nearest upsampling ...) survives the
     # JSON round trip; the state is built by hand (no second fit needed).

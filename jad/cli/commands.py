@@ -38,12 +38,26 @@ def add_data_arguments(parser: argparse.ArgumentParser, *, required: bool) -> No
                         help="threads decoding images")
 
 
+def parse_levels(text: str) -> tuple[int, ...]:
+    """``"2,3"`` -> (2, 3): the value of ``--levels``."""
+    try:
+        levels = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        levels = ()
+    if not levels or min(levels) < 0:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated level numbers such as 2,3; got {text!r}"
+        )
+    return levels
+
+
 def add_fit_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``jad fit``."""
-    parser.add_argument("--method", required=True, choices=list_methods())
+    parser.add_argument("--method", required=True, choices=list_methods(),
+                        help="the detection method")
     add_data_arguments(parser, required=True)
     parser.add_argument("--backbone", default=DEFAULT_BACKBONE,
-                        choices=bb.list_backbones())
+                        choices=bb.list_backbones(), help="ImageNet backbone")
     parser.add_argument(
         "--weights", default=None,
         help="local backbone weights (.pth/.safetensors/.npz); default: the official "
@@ -54,28 +68,41 @@ def add_fit_arguments(parser: argparse.ArgumentParser) -> None:
                         help="images are resized to SIZE x SIZE")
     parser.add_argument("--crop", type=int, default=None,
                         help="then centre-cropped to CROP x CROP (e.g. 224)")
-    parser.add_argument("--levels", default=None,
+    parser.add_argument("--levels", default=None, type=parse_levels,
                         help="backbone levels, e.g. 2,3 (default: the method's)")
-    parser.add_argument("--preset", default="official",
+    parser.add_argument("--preset", default=None,
                         choices=("official", "anomalib"),
-                        help="PatchCore: which reference implementation to follow")
-    parser.add_argument("--coreset-ratio", type=float, default=0.1,
-                        help="PatchCore: fraction of training patches kept")
+                        help="PatchCore only: which reference implementation to "
+                        "follow (default: official)")
+    parser.add_argument("--coreset-ratio", type=float, default=None,
+                        help="PatchCore only: fraction of training patches kept "
+                        "(default: 0.1)")
     parser.add_argument("--num-train", type=int, default=None,
                         help="use only the first N training images")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
 
 
-def make_config(method: str, *, preset="official", coreset_ratio=0.1, levels=None):
-    """The method's config with the command-line overrides applied."""
+def make_config(method: str, *, preset=None, coreset_ratio=None, levels=None):
+    """The method's config with the command-line overrides applied.
+
+    ``preset`` and ``coreset_ratio`` are PatchCore's (None: its defaults, official
+    and 0.1); given for another method they are an error, not silently ignored.
+    ``levels``: a tuple of ints or a string such as "2,3".
+    """
     spec = get_method(method)
     overrides = {}
     if levels:
-        overrides["levels"] = tuple(int(x) for x in str(levels).split(","))
-    if method == "patchcore":
-        overrides["coreset_ratio"] = coreset_ratio
-        if preset == "anomalib":
-            return spec.config_type.anomalib(**overrides)
+        overrides["levels"] = (
+            parse_levels(levels) if isinstance(levels, str) else tuple(levels)
+        )
+    if method != "patchcore":
+        for flag, value in (("--preset", preset), ("--coreset-ratio", coreset_ratio)):
+            if value is not None:
+                raise ValueError(f"{flag} applies to patchcore only, not {method}.")
+        return spec.config_type(**overrides)
+    overrides["coreset_ratio"] = 0.1 if coreset_ratio is None else coreset_ratio
+    if preset == "anomalib":
+        return spec.config_type.anomalib(**overrides)
     return spec.config_type(**overrides)
 
 
@@ -99,12 +126,12 @@ def _transform_from_json(values: dict) -> data.Transform:
 
 def run_fit(args: argparse.Namespace) -> int:
     """``jad fit``."""
-    transform = data.Transform(size=args.size, crop=args.crop)
-    train = open_split(args, "train", transform, args.num_train)
-    if len(train) == 0:
-        raise ValueError(f"no training images in {args.data}.")
+    # Every option is checked before minutes of fitting.
+    pipeline.check_output_folder("jad fit", args.out)
     config = make_config(args.method, preset=args.preset,
                          coreset_ratio=args.coreset_ratio, levels=args.levels)
+    transform = data.Transform(size=args.size, crop=args.crop)
+    train = open_split(args, "train", transform, args.num_train)
     variables = bb.load_pretrained(args.backbone, weights=args.weights)
     detector = pipeline.fit_detector(
         args.method,
@@ -167,6 +194,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if args.data is None:
         raise ValueError("--data is required (the detector does not record it).")
     args.kind = args.kind or "mvtec"
+    if args.json and Path(args.json).is_dir():
+        raise ValueError(f"--json must be a file path; {args.json} is a folder.")
     detector = pipeline.load_detector(args.state)
     test = open_split(args, "test", transform)
     result = evaluation.evaluate(detector, test, batch_size=args.batch_size,
@@ -196,6 +225,9 @@ def run_predict(args: argparse.Namespace) -> int:
     """``jad predict``."""
     from jad import viz
 
+    missing = [p for p in args.images if not os.path.isfile(p)]
+    if missing:  # before any output is written
+        raise ValueError(f"image files not found: {', '.join(missing)}.")
     meta = pipeline.read_metadata(args.state)
     transform = _transform_from_json(meta.get("transform", {}))
     raw_transform = dataclasses.replace(transform, normalize=False)

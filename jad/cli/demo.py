@@ -34,8 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-root", default=None,
                         help="where the built-in data is written (default: the "
                         "jad cache, $JAD_CACHE or ~/.cache/jad)")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=8, help="images per batch")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="random seed of the fits")
     parser.add_argument("--out", default=os.path.join("results", "demo"),
                         help="output folder (summary.json, overlays/)")
 

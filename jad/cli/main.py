@@ -13,12 +13,22 @@ from jad import __version__
 from jad.cli import commands, demo, sparse_demo
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows "(default: X)" only where there is a default the help does not state."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default in (None, argparse.SUPPRESS) or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``jad`` argument parser with its subcommands."""
     parser = argparse.ArgumentParser(
         prog="jad",
         description="jad: unsupervised visual anomaly detection in JAX.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"jad {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -37,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, help_text, add_arguments, run in commands_table:
         command = sub.add_parser(
             name, help=help_text, description=help_text,
-            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+            formatter_class=_HelpFormatter,
         )
         add_arguments(command)
         command.set_defaults(run=run)

@@ -6,9 +6,10 @@ A method is a set of pure functions around a frozen config and a state pytree:
   (B, h, w, C)) to the per-location representation the method models, e.g.
   PatchCore's locally aggregated patches (B, h, w, D) or PaDiM's concatenated channel
   subset. Jittable and differentiable.
-* ``fit(config, embeddings, *, key) -> state``: from the training embeddings
-  (N, h, w, D). States are ``flax.struct`` dataclasses: pytrees of arrays (jit, vmap,
-  orbax) with the config as static metadata.
+* ``fit(config, embeddings, *, key, progress=False) -> state``: from the training
+  embeddings (N, h, w, D); ``progress`` shows a bar for long fits (which stop between
+  steps on Ctrl-C). States are ``flax.struct`` dataclasses: pytrees of arrays (jit,
+  vmap, orbax) with the config as static metadata.
 * ``score(state, embeddings) -> (B, h, w)``: anomaly map at feature resolution.
   Differentiable w.r.t. the embeddings, hence, through the backbone, w.r.t. the image.
 * ``image_score(state, embeddings, patch_map) -> (B,)`` (optional): the method's own
@@ -28,11 +29,14 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jad import _checks, ops
 
 __all__ = [
     "Method",
+    "check_config_fields",
+    "check_instance",
     "check_postprocess",
     "get_method",
     "list_methods",
@@ -101,6 +105,41 @@ def get_method(name: str) -> Method:
     return _REGISTRY[name]
 
 
+def check_instance(fn: str, name: str, value, expected: type) -> None:
+    """Raises ``TypeError`` unless ``value`` is an instance of ``expected``.
+
+    For example a state or config that belongs to another method.
+    """
+    if not isinstance(value, expected):
+        raise TypeError(
+            f"{fn}: {name} must be a {expected.__name__}; got {type(value).__name__}."
+        )
+
+
+def check_config_fields(fn: str, config, *, ints=(), floats=(), bools=()) -> None:
+    """Type checks of a config's fields (at construction): ints, numbers, bools.
+
+    ``levels`` must be a non-empty sequence of ints (not a string). Values are not
+    converted, so a string never reaches a method's ``fit``.
+    """
+    levels = config.levels
+    if isinstance(levels, (str, bytes)) or not hasattr(levels, "__iter__"):
+        raise TypeError(f"{fn}: levels must be a sequence of ints; got {levels!r}.")
+    for level in levels:
+        _checks.check_int(fn, "levels", level, low=0)
+    for name in ints:
+        _checks.check_int(fn, name, getattr(config, name))
+    for name in floats:
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+            raise TypeError(f"{fn}: {name} must be a number; got {value!r}.")
+    for name in bools:
+        if not isinstance(getattr(config, name), (bool, np.bool_)):
+            raise TypeError(
+                f"{fn}: {name} must be a bool; got {getattr(config, name)!r}."
+            )
+
+
 def check_postprocess(fn: str, config) -> None:
     """Validates a config's shared post-processing fields (at construction).
 
@@ -113,6 +152,7 @@ def check_postprocess(fn: str, config) -> None:
     """
     _checks.check_choice(fn, "upsample", config.upsample, UPSAMPLE_METHODS)
     _checks.check_choice(fn, "blur_mode", config.blur_mode, BLUR_MODES)
+    check_config_fields(fn, config, floats=("sigma",))
     if not float(config.sigma) >= 0:
         raise ValueError(f"{fn}: sigma must be >= 0; got {config.sigma}.")
     if not config.levels:

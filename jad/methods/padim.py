@@ -32,7 +32,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from jad import _checks, ops
-from jad.methods.base import Method, check_postprocess, register
+from jad.methods.base import (
+    Method,
+    check_config_fields,
+    check_instance,
+    check_postprocess,
+    register,
+)
 
 __all__ = ["PaDiMConfig", "PaDiMState", "channel_subset", "embed", "fit", "score"]
 
@@ -62,6 +68,9 @@ def channel_subset(total: int, n_features: int | None, seed: int = 1024) -> tupl
     return tuple(rng.sample(range(total), n_features))
 
 
+_BLOCK_BYTES = 1 << 26  # covariances fitted per block (64 MB of float32)
+
+
 @dataclasses.dataclass(frozen=True)
 class PaDiMConfig:
     """PaDiM settings (defaults: the reference code).
@@ -89,6 +98,10 @@ class PaDiMConfig:
     def __post_init__(self):
         if not self.levels:
             raise ValueError("PaDiMConfig: levels must not be empty.")
+        check_config_fields(
+            "PaDiMConfig", self, ints=("seed",), floats=("regularization",),
+            bools=("squared",),
+        )
         object.__setattr__(self, "levels", tuple(int(x) for x in self.levels))
         if self.n_features is not None:
             _checks.check_int("PaDiMConfig", "n_features", self.n_features, low=0)
@@ -150,48 +163,79 @@ def embed(config: PaDiMConfig, features: dict) -> jax.Array:
     return concat[..., idx]
 
 
-def fit(config: PaDiMConfig, embeddings, *, key: jax.Array | None = None) -> PaDiMState:
+def fit(
+    config: PaDiMConfig,
+    embeddings,
+    *,
+    key: jax.Array | None = None,
+    progress: bool = False,
+) -> PaDiMState:
     """Per-location mean and regularised covariance (Cholesky-factorised).
+
+    Locations are fitted in blocks (about ``_BLOCK_BYTES`` of covariances each), so
+    the peak memory is the state plus one block, not several state-sized arrays.
 
     Args:
       config: a :class:`PaDiMConfig`.
-      embeddings: (N, h, w, d) training embeddings from :func:`embed`, N >= 2.
+      embeddings: (N, h, w, d) training embeddings from :func:`embed`, N >= 2;
+        finite.
       key: unused (PaDiM is deterministic); accepted for the common protocol.
+      progress: show a progress bar over the blocks (Ctrl-C stops between them).
 
     Returns:
       :class:`PaDiMState`.
     """
     del key
     fn = "padim.fit"
+    check_instance(fn, "config", config, PaDiMConfig)
     embeddings = _checks.as_float_array(fn, "embeddings", embeddings)
     _checks.check_rank(fn, "embeddings", embeddings, 4, "N, h, w, d")
-    n = embeddings.shape[0]
+    _checks.check_finite(fn, "embeddings", embeddings)
+    n, h, w, d = embeddings.shape
     if n < 2:
         raise ValueError(
             f"{fn}: need at least 2 training images for a covariance; got {n}."
         )
-    return _fit(embeddings.astype(jnp.float32), config)
+    x = jnp.asarray(embeddings, jnp.float32).reshape(n, h * w, d)
+    locations = h * w
+    block = max(1, min(locations, _BLOCK_BYTES // (4 * d * d)))
+    regularization = float(config.regularization)
+    from tqdm.auto import tqdm
+
+    means, whitenings = [], []
+    starts = range(0, locations, block)
+    for start in tqdm(starts, desc="padim: fit", unit="block", disable=not progress):
+        stop = min(start + block, locations)
+        # The last block is padded to the same size: one compilation.
+        chunk = x[:, start : start + block]
+        if stop - start < block:
+            chunk = jnp.pad(chunk, ((0, 0), (0, block - (stop - start)), (0, 0)))
+        mean, whitening = _fit_block(chunk, regularization)
+        means.append(mean[: stop - start])
+        whitenings.append(jax.block_until_ready(whitening[: stop - start]))
+    mean = means[0] if len(means) == 1 else jnp.concatenate(means)
+    whitening = whitenings[0] if len(whitenings) == 1 else jnp.concatenate(whitenings)
+    return PaDiMState(
+        mean=mean.reshape(h, w, d), whitening=whitening.reshape(h, w, d, d),
+        config=config,
+    )
 
 
 @jax.jit
-def _moments(x):
-    n = x.shape[0]
+def _fit_block(x, regularization):
+    """(N, L, d) -> mean (L, d) and L^-1 of the regularised covariance (L, d, d)."""
+    n, d = x.shape[0], x.shape[-1]
     mean = jnp.mean(x, axis=0)
     centred = x - mean
     cov = jnp.einsum(
-        "nhwi,nhwj->hwij", centred, centred, precision=jax.lax.Precision.HIGHEST
+        "nli,nlj->lij", centred, centred, precision=jax.lax.Precision.HIGHEST
     ) / (n - 1)
-    return mean, cov
-
-
-def _fit(x, config):
-    mean, cov = _moments(x)
-    d = x.shape[-1]
-    cov = cov + config.regularization * jnp.eye(d, dtype=cov.dtype)
-    chol = jnp.linalg.cholesky(cov)
-    eye = jnp.broadcast_to(jnp.eye(d, dtype=cov.dtype), cov.shape)
-    whitening = jax.lax.linalg.triangular_solve(chol, eye, left_side=True, lower=True)
-    return PaDiMState(mean=mean, whitening=whitening, config=config)
+    eye = jnp.eye(d, dtype=cov.dtype)
+    chol = jnp.linalg.cholesky(cov + regularization * eye)
+    whitening = jax.lax.linalg.triangular_solve(
+        chol, jnp.broadcast_to(eye, cov.shape), left_side=True, lower=True
+    )
+    return mean, whitening
 
 
 def score(state: PaDiMState, embeddings) -> jax.Array:
@@ -203,7 +247,19 @@ def score(state: PaDiMState, embeddings) -> jax.Array:
 
     Returns:
       (B, h, w) distances (squared if ``config.squared``).
+
+    Raises:
+      TypeError: ``state`` not a :class:`PaDiMState`.
+      ValueError: embeddings not (B, h, w, d) with the state's h, w and d.
     """
+    fn = "padim.score"
+    check_instance(fn, "state", state, PaDiMState)
+    shape = tuple(getattr(embeddings, "shape", ()))
+    if len(shape) != 4 or shape[1:] != tuple(state.mean.shape):
+        raise ValueError(
+            f"{fn}: embeddings must be (B, {', '.join(map(str, state.mean.shape))}) "
+            f"like the fitted state; got shape {shape}."
+        )
     diff = embeddings - state.mean
     z = jnp.einsum("hwij,bhwj->bhwi", state.whitening, diff,
                    precision=jax.lax.Precision.HIGHEST)

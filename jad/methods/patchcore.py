@@ -52,7 +52,13 @@ from jad.coreset import (
     johnson_lindenstrauss_dim,
     sparse_random_projection,
 )
-from jad.methods.base import Method, check_postprocess, register
+from jad.methods.base import (
+    Method,
+    check_config_fields,
+    check_instance,
+    check_postprocess,
+    register,
+)
 from jad.neighbors import nearest_neighbors
 
 __all__ = [
@@ -108,6 +114,7 @@ class PatchCoreConfig:
     def __post_init__(self):
         fn = "PatchCoreConfig"
         _checks.check_choice(fn, "preset", self.preset, _PRESETS)
+        check_config_fields(fn, self, floats=("coreset_ratio",))
         if not 0.0 < float(self.coreset_ratio) <= 1.0:
             raise ValueError(
                 f"{fn}: coreset_ratio must be in (0, 1]; got {self.coreset_ratio}."
@@ -235,20 +242,27 @@ def embed(config: PatchCoreConfig, features: dict) -> jax.Array:
     return jnp.concatenate(per_level, axis=-1)
 
 
-def fit(config: PatchCoreConfig, embeddings, *, key: jax.Array) -> PatchCoreState:
+def fit(
+    config: PatchCoreConfig, embeddings, *, key: jax.Array, progress: bool = False
+) -> PatchCoreState:
     """Builds the memory bank: all training patches, reduced by the greedy coreset.
 
     Args:
       config: a :class:`PatchCoreConfig`.
-      embeddings: (N, h, w, D) training embeddings from :func:`embed`.
+      embeddings: (N, h, w, D) training embeddings from :func:`embed`; finite.
       key: PRNG key (projection and coreset start).
+      progress: show the coreset's progress bar (Ctrl-C stops it between blocks).
 
     Returns:
       :class:`PatchCoreState` with ``int(N h w * coreset_ratio)`` bank entries
       (at least 1; all of them when the ratio is 1).
     """
-    embeddings = _checks.as_float_array("patchcore.fit", "embeddings", embeddings)
-    _checks.check_rank("patchcore.fit", "embeddings", embeddings, 4, "N, h, w, D")
+    fn = "patchcore.fit"
+    check_instance(fn, "config", config, PatchCoreConfig)
+    _checks.check_key(fn, "key", key)
+    embeddings = _checks.as_float_array(fn, "embeddings", embeddings)
+    _checks.check_rank(fn, "embeddings", embeddings, 4, "N, h, w, D")
+    _checks.check_finite(fn, "embeddings", embeddings)
     flat = embeddings.reshape(-1, embeddings.shape[-1]).astype(jnp.float32)
     n, dim = flat.shape
     if n == 0:
@@ -272,8 +286,21 @@ def fit(config: PatchCoreConfig, embeddings, *, key: jax.Array) -> PatchCoreStat
         key=key_start,
         variant=config.preset,
         num_starting_points=config.num_starting_points,
+        progress=progress,
     )
     return PatchCoreState(memory_bank=flat[indices], config=config)
+
+
+def _check_state(fn: str, state, embeddings) -> None:
+    """A :class:`PatchCoreState`, and (..., D) embeddings of the bank's dimension."""
+    check_instance(fn, "state", state, PatchCoreState)
+    dim = state.memory_bank.shape[-1]
+    shape = getattr(embeddings, "shape", None)
+    if shape is None or len(shape) < 1 or shape[-1] != dim:
+        raise ValueError(
+            f"{fn}: embeddings must be (..., {dim}) like the memory bank; got "
+            f"shape {None if shape is None else tuple(shape)}."
+        )
 
 
 def _knn(state: PatchCoreState, embeddings, k: int, squared: bool):
@@ -294,6 +321,7 @@ def score(state: PatchCoreState, embeddings) -> jax.Array:
       (B, h, w): official, the mean squared L2 distance to the ``num_neighbors``
       nearest entries; anomalib, the L2 distance to the nearest one.
     """
+    _check_state("patchcore.score", state, embeddings)
     if state.config.preset == "official":
         dist, _ = _knn(state, embeddings, state.config.num_neighbors, True)
         return jnp.mean(dist, axis=-1)
@@ -315,6 +343,7 @@ def image_score(state: PatchCoreState, embeddings, patch_map: jax.Array) -> jax.
       entries of the test patch's nearest entry m* (paper eq. 7); with
       ``num_neighbors == 1`` anomalib, too, returns the plain maximum.
     """
+    _check_state("patchcore.image_score", state, embeddings)
     flat_scores = patch_map.reshape(patch_map.shape[0], -1)
     best = jnp.argmax(flat_scores, axis=1)
     top = jnp.take_along_axis(flat_scores, best[:, None], axis=1)[:, 0]
@@ -346,6 +375,9 @@ def candidate_indices(
     Returns:
       (..., num_candidates) int32 bank indices.
     """
+    fn = "patchcore.candidate_indices"
+    _check_state(fn, state, embeddings)
+    num_candidates = _checks.check_int(fn, "num_candidates", num_candidates, low=1)
     k = min(num_candidates, state.memory_bank.shape[0])
     _, idx = _knn(state, jax.lax.stop_gradient(embeddings), k, True)
     return idx
@@ -361,7 +393,35 @@ def restricted_score(state: PatchCoreState, embeddings, candidates) -> jax.Array
 
     Returns:
       (...,) ``min_{m in M_ij} ||f_ij - m||^2``, differentiable w.r.t. the embeddings.
+
+    Raises:
+      TypeError: ``state`` not a :class:`PatchCoreState`, non-integer ``candidates``.
+      ValueError: embeddings of another dimension than the bank, ``candidates`` not
+        (..., K) over (broadcastable to) the embeddings' locations, or (when
+        concrete) out of range.
     """
+    fn = "patchcore.restricted_score"
+    _check_state(fn, state, embeddings)
+    candidates = jnp.asarray(candidates)
+    if not jnp.issubdtype(candidates.dtype, jnp.integer):
+        raise TypeError(
+            f"{fn}: candidates must be integer bank indices; got {candidates.dtype}."
+        )
+    try:
+        if candidates.ndim < 1:
+            raise ValueError
+        jnp.broadcast_shapes(candidates.shape[:-1], embeddings.shape[:-1])
+    except ValueError:
+        raise ValueError(
+            f"{fn}: candidates must be (..., K) over the locations of the embeddings "
+            f"{tuple(embeddings.shape[:-1])}; got {tuple(candidates.shape)}."
+        ) from None
+    size = state.memory_bank.shape[0]
+    # JAX's gather would clamp an out-of-range index silently.
+    if _checks.is_concrete(candidates) and candidates.size and not (
+        int(candidates.min()) >= 0 and int(candidates.max()) < size
+    ):
+        raise ValueError(f"{fn}: candidates must be bank indices in [0, {size}).")
     diff = embeddings[..., None, :] - state.memory_bank[candidates]
     return jnp.min(jnp.sum(diff * diff, axis=-1), axis=-1)
 

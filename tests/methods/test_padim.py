@@ -19,7 +19,7 @@ import pytest
 from jax.test_util import check_grads
 from scipy.spatial.distance import mahalanobis
 
-from jad.methods import padim
+from jad.methods import PatchCoreConfig, padim, patchcore
 from jad.methods.padim import PaDiMConfig
 
 
@@ -141,6 +141,23 @@ def test_fit_mean_and_cov_match_numpy(train, state):
             np.testing.assert_allclose(cov[i, j], ref, rtol=1e-5, atol=1e-5)
 
 
+def test_fit_in_blocks_equals_one_block(monkeypatch, train, state, capsys):
+    # 5 x 5 float32 covariances are 100 bytes: 2 locations per block, 6 blocks
+    # over the 12 locations, the last padded and trimmed.
+    monkeypatch.setattr(padim, "_BLOCK_BYTES", 250)
+    blocked = padim.fit(PaDiMConfig(), train[:, :, :3], progress=True)
+    assert "padim: fit" in capsys.readouterr().err
+    np.testing.assert_allclose(
+        np.asarray(blocked.mean), np.asarray(state.mean[:, :3]), rtol=1e-6, atol=1e-7
+    )
+    np.testing.assert_allclose(
+        np.asarray(blocked.whitening),
+        np.asarray(state.whitening[:, :3]),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+
+
 def test_fit_regularization_is_configurable(train):
     state = padim.fit(PaDiMConfig(regularization=0.5), train)
     chol = np.linalg.inv(np.asarray(state.whitening[1, 2], np.float64))
@@ -171,6 +188,20 @@ def test_fit_bad_input(train):
         padim.fit(PaDiMConfig(), train[0])
     with pytest.raises(TypeError, match="floating"):
         padim.fit(PaDiMConfig(), train.astype(np.int64))
+    with pytest.raises(ValueError, match="NaN"):
+        padim.fit(PaDiMConfig(), np.where(train > 2, np.nan, train))
+    with pytest.raises(TypeError, match="config must be a PaDiMConfig"):
+        padim.fit(PatchCoreConfig(), train)
+
+
+def test_score_bad_input(rng, state):
+    with pytest.raises(ValueError, match=r"embeddings must be \(B, 3, 4, 5\)"):
+        padim.score(state, rng.standard_normal((2, 4, 3, 5)))
+    with pytest.raises(ValueError, match="embeddings must be"):
+        padim.score(state, rng.standard_normal((3, 4, 5)))
+    bank = patchcore.PatchCoreState(jnp.zeros((4, 5)), PatchCoreConfig())
+    with pytest.raises(TypeError, match="state must be a PaDiMState"):
+        padim.score(bank, rng.standard_normal((2, 3, 4, 5)))
 
 
 def test_config_validation():
@@ -180,6 +211,12 @@ def test_config_validation():
         PaDiMConfig(levels=())
     with pytest.raises(ValueError, match="n_features"):
         PaDiMConfig(n_features=-1)
+    with pytest.raises(TypeError, match="levels"):
+        PaDiMConfig(levels="123")
+    with pytest.raises(TypeError, match="regularization"):
+        PaDiMConfig(regularization="0.01")
+    with pytest.raises(TypeError, match="squared"):
+        PaDiMConfig(squared=1)
 
 
 # ------------------------------------------------------------------------- score

@@ -22,7 +22,7 @@ from conftest import loosen
 from jax.test_util import check_grads
 from sklearn.neighbors import NearestNeighbors
 
-from jad.methods import patchcore
+from jad.methods import PaDiMConfig, padim, patchcore
 from jad.methods.patchcore import PatchCoreConfig, PatchCoreState
 
 # ----------------------------------------------------------------- torch references
@@ -282,6 +282,12 @@ def test_fit_bad_input(train_embeddings):
         patchcore.fit(config, np.zeros((0, 2, 2, 4), np.float32), key=key)
     with pytest.raises(TypeError, match="floating"):
         patchcore.fit(config, train_embeddings.astype(np.int32), key=key)
+    with pytest.raises(ValueError, match="NaN"):
+        patchcore.fit(config, train_embeddings * np.nan, key=key)
+    with pytest.raises(TypeError, match="config must be a PatchCoreConfig"):
+        patchcore.fit(PaDiMConfig(), train_embeddings, key=key)
+    with pytest.raises(TypeError, match="key must be one JAX PRNG key"):
+        patchcore.fit(config, train_embeddings, key=0)
 
 
 def test_config_validation_and_presets():
@@ -324,6 +330,12 @@ def test_config_validation_and_presets():
         PatchCoreConfig(levels=())
     with pytest.raises(ValueError, match="num_neighbors"):
         PatchCoreConfig(num_neighbors=0)
+    with pytest.raises(TypeError, match="coreset_ratio must be a number"):
+        PatchCoreConfig(coreset_ratio="0.1")
+    with pytest.raises(TypeError, match="levels must be a sequence"):
+        PatchCoreConfig(levels="23")
+    with pytest.raises(TypeError, match="levels"):
+        PatchCoreConfig(levels=(2.0, 3))
 
 
 # ------------------------------------------------------------------------- scores
@@ -507,3 +519,42 @@ def test_score_gradients_finite_float32(bank, test_embeddings, preset):
     grad = jax.grad(total)(emb)
     assert np.all(np.isfinite(np.asarray(grad)))
     assert np.any(np.asarray(grad) != 0)
+
+
+def test_states_and_inputs_of_another_shape_or_method_are_refused(
+    bank, test_embeddings
+):
+    state = _state(bank)
+    padim_state = padim.PaDiMState(
+        jnp.zeros((3, 4, 6)), jnp.zeros((3, 4, 6, 6)), PaDiMConfig()
+    )
+    for call in (
+        lambda: patchcore.score(padim_state, test_embeddings),
+        lambda: patchcore.image_score(
+            padim_state, test_embeddings, jnp.zeros((2, 3, 4))
+        ),
+        lambda: patchcore.candidate_indices(padim_state, test_embeddings),
+    ):
+        with pytest.raises(TypeError, match="state must be a PatchCoreState"):
+            call()
+    with pytest.raises(ValueError, match=r"embeddings must be \(\.\.\., 6\)"):
+        patchcore.score(state, test_embeddings[..., :5])
+    with pytest.raises(ValueError, match="num_candidates must be >= 1"):
+        patchcore.candidate_indices(state, test_embeddings, num_candidates=0)
+    cand = patchcore.candidate_indices(state, test_embeddings, num_candidates=3)
+    for bad in (cand.at[0, 0, 0, 0].set(40), cand.at[1, 2, 3, 2].set(-1)):
+        with pytest.raises(ValueError, match=r"bank indices in \[0, 40\)"):
+            patchcore.restricted_score(state, test_embeddings, bad)
+    with pytest.raises(TypeError, match="integer"):
+        patchcore.restricted_score(state, test_embeddings, cand.astype(jnp.float32))
+    with pytest.raises(ValueError, match="locations"):
+        patchcore.restricted_score(state, test_embeddings, cand[:, :2])
+    # under jit the values are not checked (tracers), the shapes still are
+    got = jax.jit(patchcore.restricted_score)(state, test_embeddings, cand)
+    np.testing.assert_allclose(
+        np.asarray(got),
+        np.asarray(patchcore.restricted_score(state, test_embeddings, cand)),
+        rtol=1e-6,
+    )
+    with pytest.raises(ValueError, match="locations"):
+        jax.jit(patchcore.restricted_score)(state, test_embeddings, cand[:, :2])
