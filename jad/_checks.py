@@ -67,8 +67,18 @@ def check_rank(fn: str, name: str, x, rank: int, letters: str) -> None:
 
 
 def check_finite(fn: str, name: str, x) -> None:
-    """Raises ``ValueError`` if a concrete ``x`` holds NaN or inf (no-op if traced)."""
-    if is_concrete(x) and not bool(np.all(np.isfinite(np.asarray(x)))):
+    """Raises ``ValueError`` if a concrete ``x`` holds NaN or inf (no-op if traced).
+
+    Where ``x`` lives (host or device) and without an ``x``-sized temporary: a
+    finite sum proves every value finite; an overflowing sum of finite values falls
+    back to the element test.
+    """
+    if not is_concrete(x):
+        return
+    xp = np if isinstance(x, np.ndarray) else jnp
+    with np.errstate(over="ignore", invalid="ignore"):
+        finite = bool(xp.isfinite(xp.sum(x))) or bool(xp.all(xp.isfinite(x)))
+    if not finite:
         raise ValueError(f"{fn}: {name} contains NaN or inf values.")
 
 

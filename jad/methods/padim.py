@@ -24,6 +24,7 @@ Gaussian N(mu_ij, Sigma_ij); a test location's anomaly score is its Mahalanobis 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import random
 
 import flax.struct
@@ -68,7 +69,7 @@ def channel_subset(total: int, n_features: int | None, seed: int = 1024) -> tupl
     return tuple(rng.sample(range(total), n_features))
 
 
-_BLOCK_BYTES = 1 << 26  # covariances fitted per block (64 MB of float32)
+_BLOCK_BYTES = 1 << 28  # covariances fitted per block (256 MB of float32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,8 +173,8 @@ def fit(
 ) -> PaDiMState:
     """Per-location mean and regularised covariance (Cholesky-factorised).
 
-    Locations are fitted in blocks (about ``_BLOCK_BYTES`` of covariances each), so
-    the peak memory is the state plus one block, not several state-sized arrays.
+    Locations are fitted in blocks (up to 256 MB of covariances each), so the peak
+    memory is the state plus a few blocks, not several state-sized arrays.
 
     Args:
       config: a :class:`PaDiMConfig`.
@@ -196,23 +197,23 @@ def fit(
         raise ValueError(
             f"{fn}: need at least 2 training images for a covariance; got {n}."
         )
-    x = jnp.asarray(embeddings, jnp.float32).reshape(n, h * w, d)
+    x = embeddings.astype(jnp.float32).reshape(n, h * w, d)
     locations = h * w
-    block = max(1, min(locations, _BLOCK_BYTES // (4 * d * d)))
+    # Equal blocks of at most _BLOCK_BYTES of covariances each.
+    num_blocks = -(-locations // max(1, _BLOCK_BYTES // (4 * d * d)))
+    block = -(-locations // num_blocks)
     regularization = float(config.regularization)
     from tqdm.auto import tqdm
 
     means, whitenings = [], []
     starts = range(0, locations, block)
     for start in tqdm(starts, desc="padim: fit", unit="block", disable=not progress):
-        stop = min(start + block, locations)
-        # The last block is padded to the same size: one compilation.
-        chunk = x[:, start : start + block]
-        if stop - start < block:
-            chunk = jnp.pad(chunk, ((0, 0), (0, block - (stop - start)), (0, 0)))
-        mean, whitening = _fit_block(chunk, regularization)
-        means.append(mean[: stop - start])
-        whitenings.append(jax.block_until_ready(whitening[: stop - start]))
+        # One compiled block size: the last block ends at the last location and
+        # overlaps its predecessor; only its new locations are kept.
+        first = min(start, locations - block)
+        mean, whitening = _fit_block(x, first, block, regularization)
+        means.append(mean[start - first :])
+        whitenings.append(jax.block_until_ready(whitening[start - first :]))
     mean = means[0] if len(means) == 1 else jnp.concatenate(means)
     whitening = whitenings[0] if len(whitenings) == 1 else jnp.concatenate(whitenings)
     return PaDiMState(
@@ -221,9 +222,14 @@ def fit(
     )
 
 
-@jax.jit
-def _fit_block(x, regularization):
-    """(N, L, d) -> mean (L, d) and L^-1 of the regularised covariance (L, d, d)."""
+@functools.partial(jax.jit, static_argnames=("size",))
+def _fit_block(x, first, size, regularization):
+    """Mean and whitening of locations ``first:first+size`` of (N, L, d) ``x``.
+
+    Returns (size, d) means and (size, d, d) inverse Cholesky factors L^-1 of the
+    regularised covariances.
+    """
+    x = jax.lax.dynamic_slice_in_dim(x, first, size, axis=1)
     n, d = x.shape[0], x.shape[-1]
     mean = jnp.mean(x, axis=0)
     centred = x - mean
