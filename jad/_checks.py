@@ -76,7 +76,8 @@ def check_finite(fn: str, name: str, x) -> None:
     if not is_concrete(x):
         return
     xp = np if isinstance(x, np.ndarray) else jnp
-    with np.errstate(over="ignore", invalid="ignore"):
+    # Evaluated now even inside a caller's trace (x itself is concrete).
+    with np.errstate(over="ignore", invalid="ignore"), jax.ensure_compile_time_eval():
         finite = bool(xp.isfinite(xp.sum(x))) or bool(xp.all(xp.isfinite(x)))
     if not finite:
         raise ValueError(f"{fn}: {name} contains NaN or inf values.")
