@@ -51,10 +51,11 @@ included.
 Issue's numbers (anomalib on an H100; 200 images x 32 x 32, D 1536, 301-d, 10%):
 coreset 7.9 s, 1-NN scores of 83 test images 0.19 s. Targets on the same GPU: jad's
 coreset >= 10x faster, scoring >= 5x faster, identical selected indices.
-Ours, CPU only so far (2 cores shared with other work, so +-50% between runs; 31,360
-patches, 255-d, 3,136 selected, 83 x 784 test patches): coreset jad 8.4 s, torch
-20.6 s (2.4x), NumPy 46.6 s (5.5x); scores jad 7.4 s, torch 11.4 s, NumPy 8.3 s. The
-selected sets are identical; the order differs at a few float32 near-ties.
+Ours, CPU only so far (2 cores; 31,360 patches, 255-d, 3,136 selected, 83 x 784 test
+patches; experiments/results/bench_methods.json): coreset jad 4.06 s, torch 4.41 s
+(1.09x), NumPy 43.7 s (10.8x); 1-NN scores jad 3.86 s, torch 4.00 s, NumPy 3.44 s
+(all three are one matrix product on the CPU). The selected sets are identical; the
+order differs from step 2000 at a float32 near-tie (2 ulps).
 
 Run:  python experiments/bench_methods.py          (3 to 6 minutes on 2 busy CPU cores)
       python experiments/bench_methods.py --quick  (smoke run, well under a minute)
