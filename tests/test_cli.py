@@ -41,13 +41,17 @@ def test_demo_bad_option_exits_2_without_traceback(tmp_path, capsys):
     assert "error" in err and "Traceback" not in err
 
 
-def test_console_script_help():
-    out = subprocess.run(
-        [sys.executable, "-m", "jad.cli.main", "sparse-demo", "--help"],
+def _help(module: str, command: str) -> str:
+    return subprocess.run(
+        [sys.executable, "-m", module, command, "--help"],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
+
+
+def test_console_script_help():
+    out = _help("jad.cli.main", "sparse-demo")
     assert "--channels" in out and "default" in out
 
 
@@ -89,11 +93,6 @@ def test_predict_refuses_missing_images_before_writing(tmp_path, capsys):
 
 
 def test_module_entry_point_and_help_without_none_defaults():
-    out = subprocess.run(
-        [sys.executable, "-m", "jad.cli", "fit", "--help"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    out = _help("jad.cli", "fit")
     assert "--method" in out and "(default: efficientnet_lite0)" in out
     assert "(default: None)" not in out
