@@ -160,10 +160,7 @@ def map_chunks(fn: Callable[[slice], T], size: int) -> list[T]:
     slices = [
         slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)
     ]
-    if parts == 1:
-        return [fn(slices[0])]
-    with ThreadPoolExecutor(parts) as pool:
-        return list(pool.map(fn, slices))
+    return map_items(fn, slices)
 
 
 def map_items(fn: Callable[[Any], T], items: Sequence) -> list[T]:
@@ -208,9 +205,8 @@ class SortedRuns(NamedTuple):
             below_or_tied[tied] = np.searchsorted(run, values[tied], side="right")
             return below, below_or_tied
 
-        if len(self.runs) > 1 and values.size >= _MIN_CHUNK // 16:
-            with ThreadPoolExecutor(min(len(self.runs), _num_workers())) as pool:
-                found = list(pool.map(search, self.runs))
+        if values.size >= _MIN_CHUNK // 16:  # enough work for a thread per run
+            found = map_items(search, self.runs)
         else:
             found = [search(run) for run in self.runs]
         below = np.zeros(values.shape, np.int64)
