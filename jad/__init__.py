@@ -2,8 +2,9 @@
 
 Subpackages: ``jad.sparse`` (OMP, K-SVD, dictionaries), ``jad.backbones`` (Flax
 ResNets and EfficientNet-Lite), ``jad.data`` (datasets, preprocessing, built-in data),
-``jad.ops`` (blur, resize, morphology), ``jad.metrics``, ``jad.viz``, ``jad.methods``
-(PatchCore, PaDiM), ``jad.pipeline`` and ``jad.evaluation``.
+``jad.ops`` (blur, resize, morphology), ``jad.io`` (crash-safe saved folders),
+``jad.metrics``, ``jad.viz``, ``jad.methods`` (PatchCore, PaDiM), ``jad.pipeline`` and
+``jad.evaluation``.
 """
 
 __version__ = "0.1.0"
@@ -13,6 +14,7 @@ from jad import (  # noqa: E402
     data,
     errors,
     evaluation,
+    io,
     methods,
     metrics,
     ops,
@@ -27,6 +29,7 @@ __all__ = [
     "data",
     "errors",
     "evaluation",
+    "io",
     "methods",
     "metrics",
     "ops",

@@ -3,7 +3,7 @@
 PatchCore (Roth et al. 2022, Alg. 1) reduces its memory bank to a fraction of the
 training patches by greedy farthest-point selection on randomly projected features:
 repeatedly take the point farthest from everything selected so far. Two public variants
-are reproduced (``../shared/reference_implementations.md`` §5.1, §5.1b):
+are reproduced (amazon-science/patchcore-inspection and anomalib):
 
 * ``"official"`` (``ApproximateGreedyCoresetSampler``): a dense projection to 128
   dimensions (PyTorch ``Linear`` default init, uniform in +-1/sqrt(D)); the running

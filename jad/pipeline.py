@@ -18,10 +18,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import json
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -33,9 +32,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jad import _checks
 from jad import backbones as bb
 from jad._xla import conv_jit
-from jad.methods.base import get_method, max_image_score, postprocess
+from jad.errors import DatasetError
+from jad.io import checkpoint as io_checkpoint
+from jad.methods.base import get_method, list_methods, max_image_score, postprocess
 
 __all__ = [
     "Detector",
@@ -48,9 +50,6 @@ __all__ = [
     "read_metadata",
     "save_detector",
 ]
-
-_FORMAT_VERSION = 1
-
 
 @flax.struct.dataclass
 class Detector:
@@ -140,7 +139,30 @@ def _check_images(fn: str, images, image_size=None):
             f"images; got {images.shape[1]}x{images.shape[2]}. Resize the images "
             "(jad.data.Transform) to the fitted size."
         )
+    # Non-finite pixels would give NaN maps (or, in a careless kernel, "normal"
+    # scores): refused whenever the values are at hand (not under a user's trace).
+    _checks.check_finite(fn, "images", images)
     return images
+
+
+def _check_results(fn: str, maps, scores, what: str) -> None:
+    """Refuses NaN/inf maps or scores of finite images (the features overflowed)."""
+    if not (bool(jnp.all(jnp.isfinite(scores))) and bool(jnp.all(jnp.isfinite(maps)))):
+        raise ValueError(
+            f"{fn}: the anomaly maps of {what} are not finite although the images "
+            "are: the backbone's features overflowed. Are the images ImageNet-"
+            "normalised floats (jad.data.normalize_imagenet)?"
+        )
+
+
+def _fetch_embeddings(fn: str, embeddings, index: int) -> np.ndarray:
+    """A batch's embeddings on the host, refused if the features overflowed."""
+    embeddings = np.asarray(embeddings)
+    _checks.check_finite(
+        fn, f"the embeddings of training batch {index} (finite images whose "
+        "features overflowed: are they ImageNet-normalised floats?)", embeddings,
+    )
+    return embeddings
 
 
 def fit_detector(
@@ -172,7 +194,9 @@ def fit_detector(
 
     Raises:
       ValueError: unknown method or backbone, no training images, images of mixed
-        sizes. TypeError: a config of another method, non-float images.
+        sizes, NaN or inf in the images or their embeddings, or fitted statistics
+        that are not finite. TypeError: a config of another method, non-float
+        images.
     """
     fn = "fit_detector"
     spec = get_method(method)
@@ -183,6 +207,11 @@ def fit_detector(
         raise TypeError(
             f"{fn}: config must be a {spec.config_type.__name__} for method "
             f"{method!r}; got {type(config).__name__}."
+        )
+    if not set(config.levels) <= set(bb.registry.LEVELS):  # before any image
+        raise ValueError(
+            f"{fn}: config.levels {tuple(config.levels)} are not backbone levels "
+            f"(valid: {', '.join(map(str, bb.registry.LEVELS))})."
         )
     from tqdm.auto import tqdm
 
@@ -199,10 +228,10 @@ def fit_detector(
         emb = embed_images(method, config, backbone, variables, images)[:n]
         # Fetch the previous batch while this one runs on the device.
         if pending is not None:
-            chunks.append(np.asarray(pending))
+            chunks.append(_fetch_embeddings(fn, pending, len(chunks)))
         pending = emb
     if pending is not None:
-        chunks.append(np.asarray(pending))
+        chunks.append(_fetch_embeddings(fn, pending, len(chunks)))
     if not chunks:
         raise ValueError(f"{fn}: the training set is empty.")
     embeddings = np.concatenate(chunks, axis=0)
@@ -247,7 +276,12 @@ def anomaly_maps(detector: Detector, images) -> tuple[jax.Array, jax.Array]:
 
     Returns:
       ``(maps, scores)``: (B, H, W) float maps (upsampled and blurred as the method's
-      config says) and (B,) image scores.
+      config says) and (B,) image scores. NaN or inf in traced images or features
+      propagates to the maps and scores; it never gives a normal-looking score.
+
+    Raises:
+      ValueError: images of another size than the fitted one, or (when the images
+        are concrete, not traced) holding NaN or inf. TypeError: non-float images.
     """
     images = jnp.asarray(images)
     _check_images("anomaly_maps", images, detector.image_size)
@@ -272,6 +306,10 @@ def predict(
       excludes the first batch (compilation). A batch smaller than the first (the
       last one, usually) is padded to the first batch's size so it reuses the compiled
       program; the padding's results are dropped.
+
+    Raises:
+      ValueError: no images, images of another size, NaN or inf in the images, or
+        non-finite maps of finite images (the features overflowed).
     """
     from tqdm.auto import tqdm
 
@@ -288,6 +326,7 @@ def predict(
         start = time.perf_counter()
         m, s = jax.block_until_ready(anomaly_maps(detector, images))
         m, s = m[:n], s[:n]
+        _check_results("predict", m, s, f"batch {i}")
         if i > 0:
             timed += time.perf_counter() - start
             count += n
@@ -303,20 +342,154 @@ def predict(
 
 
 # ------------------------------------------------------------------ save and restore
+#
+# A saved detector is a folder: ``state/`` (the method state, written by orbax) and
+# ``detector.json``. Format 2 (this version) adds ``files``, the SHA-256 of every file
+# under ``state/``, and ``sha256``, a digest of each other field, so a truncated or
+# bit-flipped state file and an edited field are reported by name; format 1 folders
+# (jad 0.1) load without these checks.
+
+_FORMAT_VERSION = 2
+_SEALED = ("method", "backbone", "weights", "weights_sha256", "image_size", "config",
+           "metadata", "files")
+_FIELDS = {"format_version", "sha256", *_SEALED}
+_MAX_SIDE = 1 << 16
 
 
-def _config_from_dict(config_type, values: dict):
-    fields = {f.name: f for f in dataclasses.fields(config_type)}
-    kwargs = {}
-    for name, value in values.items():
-        if name not in fields:
-            raise ValueError(f"unknown {config_type.__name__} field {name!r}.")
-        kwargs[name] = tuple(value) if isinstance(value, list) else value
-    return config_type(**kwargs)
+def _canonical(value) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _seal(meta: dict) -> dict:
+    """The per-field SHA-256 digests of a (JSON-normalised) detector.json."""
+    return {
+        name: hashlib.sha256(_canonical(meta.get(name))).hexdigest()
+        for name in _SEALED
+    }
+
+
+def _is_hex_digest(value) -> bool:
+    return (
+        isinstance(value, str) and len(value) == 64
+        and all(c in "0123456789abcdef" for c in value)
+    )
+
+
+def _to_tuples(value):
+    """JSON lists back to (nested) tuples: configs are hashable static arguments."""
+    if isinstance(value, list):
+        return tuple(_to_tuples(v) for v in value)
+    return value
+
+
+def _config_from_json(config_type, values, source: Path):
+    if not isinstance(values, dict):
+        raise DatasetError(
+            f"{source}: field 'config' must be an object of "
+            f"{config_type.__name__} fields; got {_short(values)}."
+        )
+    fields = {f.name for f in dataclasses.fields(config_type)}
+    unknown = sorted(set(values) - fields)
+    if unknown:
+        raise DatasetError(
+            f"{source}: field 'config' has unknown {config_type.__name__} field(s) "
+            f"{', '.join(map(repr, unknown))}; valid: {', '.join(sorted(fields))}."
+        )
+    try:
+        return config_type(**{k: _to_tuples(v) for k, v in values.items()})
+    except (TypeError, ValueError) as err:
+        raise DatasetError(f"{source}: field 'config': {err}") from err
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _read_meta(directory: Path) -> dict:
+    """``detector.json``, validated field by field (and against its digests)."""
+    source = directory / "detector.json"
+    if not source.is_file():
+        raise DatasetError(f"{source} not found: not a saved detector.")
+    try:
+        meta = json.loads(source.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DatasetError(f"{source} is corrupt (not JSON: {err}).") from err
+    if not isinstance(meta, dict):
+        raise DatasetError(
+            f"{source} is corrupt: expected a JSON object; got {type(meta).__name__}."
+        )
+
+    def bad(field, expected):
+        return DatasetError(
+            f"{source}: field {field!r} must be {expected}; got "
+            f"{_short(meta.get(field))}."
+        )
+
+    version = meta.get("format_version")
+    if type(version) is not int or version < 1:
+        raise bad("format_version", "a positive integer")
+    if version > _FORMAT_VERSION:
+        raise DatasetError(
+            f"{source} has format {version}; this jad reads up to {_FORMAT_VERSION} "
+            "(a newer jad saved it)."
+        )
+    unknown = sorted(set(meta) - _FIELDS)
+    if unknown:
+        raise DatasetError(
+            f"{source}: unknown field(s) {', '.join(map(repr, unknown))}; valid: "
+            f"{', '.join(sorted(_FIELDS))}."
+        )
+    required = ["method", "backbone", "image_size", "config"]
+    if version >= 2:
+        required += ["files", "sha256"]
+    missing = [name for name in required if name not in meta]
+    if missing:
+        raise DatasetError(
+            f"{source} is corrupt: field(s) {', '.join(map(repr, missing))} missing."
+        )
+    if meta["method"] not in list_methods():
+        raise bad("method", f"one of {', '.join(map(repr, list_methods()))}")
+    if meta["backbone"] not in bb.list_backbones():
+        raise bad("backbone", f"one of {', '.join(map(repr, bb.list_backbones()))}")
+    if not (meta.get("weights") is None or isinstance(meta["weights"], str)):
+        raise bad("weights", "null or a path")
+    if not (meta.get("weights_sha256") is None
+            or _is_hex_digest(meta["weights_sha256"])):
+        raise bad("weights_sha256", "null or a SHA-256 hex digest")
+    size = meta["image_size"]
+    if not (isinstance(size, list) and len(size) == 2
+            and all(type(s) is int and 1 <= s <= _MAX_SIDE for s in size)):
+        raise bad("image_size", f"[H, W] with integers between 1 and {_MAX_SIDE}")
+    if not isinstance(meta.get("metadata", {}), dict):
+        raise bad("metadata", "an object")
+    _config_from_json(get_method(meta["method"]).config_type, meta["config"], source)
+    if version >= 2:
+        files = meta["files"]
+        if not (isinstance(files, dict) and files
+                and all(isinstance(k, str) and _is_hex_digest(v)
+                        for k, v in files.items())):
+            raise bad("files", "an object of file path -> SHA-256 hex digest")
+        recorded = meta["sha256"]
+        if not (isinstance(recorded, dict) and set(recorded) == set(_SEALED)):
+            raise bad("sha256", f"an object with the digests of {', '.join(_SEALED)}")
+        for name, digest in _seal(meta).items():
+            if recorded[name] != digest:
+                raise DatasetError(
+                    f"{source}: field {name!r} does not match the digest recorded "
+                    "when the detector was saved: the file was edited or corrupted "
+                    "after saving. Restore it, or fit and save the detector again "
+                    "(to change the post-processing, load it and use "
+                    "dataclasses.replace on its config)."
+                )
+    return meta
 
 
 def check_output_folder(fn: str, directory) -> Path:
     """The absolute path of a folder :func:`save_detector` may write.
+
+    Leftovers of an interrupted save of this folder are recovered first
+    (:func:`jad.io.recover`).
 
     Args:
       fn: the caller, for the message.
@@ -329,7 +502,8 @@ def check_output_folder(fn: str, directory) -> Path:
       ValueError: ``directory`` exists and is neither empty nor a saved detector.
     """
     directory = Path(directory).absolute()
-    if directory.exists() and not (
+    io_checkpoint.recover(directory)
+    if os.path.lexists(directory) and not (
         (directory / "detector.json").is_file()
         or (directory.is_dir() and not any(directory.iterdir()))
     ):
@@ -340,53 +514,70 @@ def check_output_folder(fn: str, directory) -> Path:
     return directory
 
 
+def _state_arrays(fn: str, state) -> dict[str, np.ndarray]:
+    arrays = {
+        f.name: np.asarray(getattr(state, f.name))
+        for f in dataclasses.fields(state)
+        if f.name != "config"
+    }
+    for name, value in arrays.items():
+        _checks.check_finite(fn, f"the state's {name}", value)
+    return arrays
+
+
 def save_detector(
     detector: Detector, directory, *, metadata: dict | None = None
 ) -> Path:
     """Saves a detector: method state with orbax, the rest as ``detector.json``.
 
-    The write goes to a temporary folder that replaces ``directory`` at the end, so
-    an interrupted save never leaves a half-written detector behind.
+    The folder is written beside ``directory`` and swapped in with renames
+    (:func:`jad.io.atomic_folder`): an interruption at any point, even SIGKILL,
+    leaves ``directory`` holding either the complete old detector or the complete
+    new one; the next save or load cleans up after it. ``detector.json`` records
+    the SHA-256 of every state file and of its own fields, which
+    :func:`load_detector` checks.
 
     Args:
       detector: a fitted :class:`Detector`.
-      directory: output folder: created, or replaced if it holds a saved detector
-        (or is empty). Any other existing folder is refused, so ``--out .`` cannot
-        wipe a working tree.
+      directory: output folder (relative paths are resolved against the working
+        directory): created, or replaced if it holds a saved detector (or is
+        empty). Any other existing folder is refused, so ``--out .`` cannot wipe a
+        working tree.
       metadata: JSON-serialisable extras stored with it (the CLI keeps the
         preprocessing there); read back with :func:`read_metadata`.
 
     Returns:
-      The folder's path.
+      The folder's absolute path.
+
+    Raises:
+      ValueError: ``directory`` is not replaceable, ``metadata`` is not
+        JSON-serialisable, or the state holds NaN or inf.
     """
     import orbax.checkpoint as ocp
 
-    directory = check_output_folder("save_detector", directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=directory.name + ".tmp"))
-    try:
-        arrays = {
-            f.name: np.asarray(getattr(detector.state, f.name))
-            for f in dataclasses.fields(detector.state)
-            if f.name != "config"
-        }
+    fn = "save_detector"
+    directory = check_output_folder(fn, directory)
+    arrays = _state_arrays(fn, detector.state)
+    meta = {
+        "format_version": _FORMAT_VERSION,
+        "method": detector.method,
+        "backbone": detector.backbone,
+        "weights": detector.weights,
+        "weights_sha256": bb.variables_digest(detector.variables),
+        "image_size": [int(s) for s in detector.image_size],
+        "config": dataclasses.asdict(detector.config),
+        "metadata": metadata or {},
+    }
+    try:  # JSON-normalised (tuples become lists), so the digests match at loading
+        meta = json.loads(json.dumps(meta))
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{fn}: metadata must be JSON-serialisable ({err}).") from err
+    with io_checkpoint.atomic_folder(directory) as tmp:
         ocp.PyTreeCheckpointer().save(tmp / "state", arrays)
-        meta = {
-            "format_version": _FORMAT_VERSION,
-            "method": detector.method,
-            "backbone": detector.backbone,
-            "weights": detector.weights,
-            "weights_sha256": bb.variables_digest(detector.variables),
-            "image_size": list(detector.image_size),
-            "config": dataclasses.asdict(detector.config),
-            "metadata": metadata or {},
-        }
-        (tmp / "detector.json").write_text(json.dumps(meta, indent=2))
-        if directory.exists():
-            shutil.rmtree(directory)
-        os.replace(tmp, directory)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        meta["files"] = io_checkpoint.file_digests(tmp / "state")
+        meta["sha256"] = _seal(meta)
+        (tmp / "detector.json").write_text(json.dumps(meta, indent=2),
+                                           encoding="utf-8")
     return directory
 
 
@@ -398,25 +589,26 @@ def read_metadata(directory) -> dict:
 
     Returns:
       The dict (empty if none was stored).
+
+    Raises:
+      DatasetError: ``detector.json`` is missing, corrupt, or fails its checks
+        (the message names the file and the field).
     """
-    return _read_meta(Path(directory)).get("metadata", {})
+    directory = Path(directory).absolute()
+    io_checkpoint.recover(directory)
+    return _read_meta(directory).get("metadata", {})
 
 
-def _read_meta(directory: Path) -> dict:
-    meta_path = directory / "detector.json"
-    if not meta_path.is_file():
-        raise ValueError(f"{meta_path} not found: not a saved detector.")
+def _check_fits(detector: Detector, source: Path) -> None:
+    """Traces the detector on an image of its size: the config must fit the state."""
+    images = jax.ShapeDtypeStruct((1, *detector.image_size, 3), jnp.float32)
     try:
-        meta = json.loads(meta_path.read_text())
-        meta["format_version"], meta["method"], meta["backbone"]  # noqa: B018
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise ValueError(f"{meta_path} is corrupt ({err}).") from err
-    if meta["format_version"] > _FORMAT_VERSION:
-        raise ValueError(
-            f"{meta_path} has format {meta['format_version']}; this jad reads up to "
-            f"{_FORMAT_VERSION}."
-        )
-    return meta
+        jax.eval_shape(_anomaly_maps, detector, images)
+    except (ValueError, TypeError, KeyError, IndexError) as err:
+        raise DatasetError(
+            f"{source}: the config and image_size do not fit the saved state "
+            f"({err}); the file was changed after saving."
+        ) from err
 
 
 def load_detector(
@@ -424,8 +616,15 @@ def load_detector(
 ) -> Detector:
     """Restores a detector saved by :func:`save_detector`.
 
+    Every field of ``detector.json`` is validated (types, ranges, the config through
+    its config class), the files are checked against their recorded SHA-256
+    digests, and the config is traced against the state's shapes, so an edited,
+    truncated or corrupted folder is refused with a message naming the file and the
+    field instead of giving wrong maps.
+
     Args:
-      directory: the saved folder.
+      directory: the saved folder (relative paths are resolved against the working
+        directory).
       variables: backbone variables to use (default: re-obtained with
         :func:`jad.backbones.load_pretrained` from the recorded weights source).
       cache_dir: weight cache for :func:`jad.backbones.load_pretrained`.
@@ -438,26 +637,46 @@ def load_detector(
       The :class:`Detector`, giving scores identical to the saved one.
 
     Raises:
-      ValueError: the folder is not a saved detector (names the file), was written
-        by a newer format, or the backbone variables are not those it was fitted
-        with (``check_weights``).
+      DatasetError: the folder is not a saved detector, a field of
+        ``detector.json`` is missing, mistyped or out of range, a file does not
+        match its digest, the folder was written by a newer format, or the config
+        does not fit the state (each names the file). ValueError: the backbone
+        variables are not those it was fitted with (``check_weights``).
     """
     import orbax.checkpoint as ocp
 
-    directory = Path(directory)
+    directory = Path(directory).absolute()
+    io_checkpoint.recover(directory)
     meta = _read_meta(directory)
+    source = directory / "detector.json"
     method, backbone = meta["method"], meta["backbone"]
     spec = get_method(method)
-    config = _config_from_dict(spec.config_type, meta["config"])
-    arrays = ocp.PyTreeCheckpointer().restore(directory / "state")
+    config = _config_from_json(spec.config_type, meta["config"], source)
+    state_dir = directory / "state"
+    if "files" in meta:
+        io_checkpoint.verify_digests(state_dir, meta["files"], source=source)
+    elif not state_dir.is_dir():
+        raise DatasetError(f"{state_dir} is missing: the saved folder is incomplete.")
+    try:
+        arrays = ocp.PyTreeCheckpointer().restore(state_dir)
+    except Exception as err:  # orbax and tensorstore raise many types
+        first = (str(err).splitlines() or [""])[0]
+        raise DatasetError(
+            f"{state_dir}: cannot restore the method state ({type(err).__name__}: "
+            f"{first})."
+        ) from err
     expected = {
         f.name for f in dataclasses.fields(spec.state_type) if f.name != "config"
     }
-    if set(arrays) != expected:
-        raise ValueError(
-            f"load_detector: {directory / 'state'} holds {sorted(arrays)}, not the "
-            f"{method} state's {sorted(expected)}: the folder is corrupt or mixed up."
+    if not isinstance(arrays, dict) or set(arrays) != expected:
+        held = sorted(arrays) if isinstance(arrays, dict) else type(arrays).__name__
+        raise DatasetError(
+            f"{state_dir} holds {held}, not the {method} state's "
+            f"{sorted(expected)}: the folder is corrupt or mixed up."
         )
+    for name, value in arrays.items():
+        if not np.all(np.isfinite(value)):
+            raise DatasetError(f"{state_dir}: the state's {name} holds NaN or inf.")
     state = spec.state_type(
         **{k: jnp.asarray(v) for k, v in arrays.items()}, config=config
     )
@@ -469,14 +688,18 @@ def load_detector(
     if check_weights and recorded is not None:
         found = bb.variables_digest(variables)
         if found != recorded:
-            source = meta.get("weights") or "the default pretrained weights"
+            source_name = meta.get("weights") or "the default pretrained weights"
             raise ValueError(
                 f"load_detector: the {backbone} variables (sha256 {found[:12]}...) "
-                f"are not those {directory / 'detector.json'} was fitted with "
-                f"({recorded[:12]}..., from {source}); its scores would be wrong. "
-                "Pass the same weights, or check_weights=False to use these anyway."
+                f"are not those {source} was fitted with "
+                f"({recorded[:12]}..., from {source_name}); its scores would be "
+                "wrong. Pass the same weights, or check_weights=False to use these "
+                "anyway."
             )
-    return Detector(
+    detector = Detector(
         variables=variables, state=state, method=method, backbone=backbone,
         image_size=tuple(meta["image_size"]), weights=meta.get("weights"),
     )
+    with _variables_fit("load_detector", backbone):
+        _check_fits(detector, source)
+    return detector

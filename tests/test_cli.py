@@ -68,6 +68,10 @@ def test_fit_checks_its_options_before_reading_data(tmp_path, capsys):
         main([*base, "--method", "padim", "--out", nowhere, "--levels", "a"])
     assert exc.value.code == 2
     assert "--levels: expected comma-separated" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:  # before any data is read
+        main([*base, "--method", "padim", "--out", nowhere, "--levels", "2,9"])
+    assert exc.value.code == 2
+    assert "--levels: backbone levels are 0, 1, 2, 3, 4" in capsys.readouterr().err
     precious = tmp_path / "precious"
     precious.mkdir()
     (precious / "notes.txt").write_text("keep")

@@ -16,6 +16,8 @@ import os
 import shutil
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -25,6 +27,7 @@ import pytest
 import jad.backbones as bb
 import jad.data
 from jad import evaluation, pipeline
+from jad.errors import DatasetError
 from jad.methods import PaDiMConfig, PatchCoreConfig, patchcore
 
 BACKBONE = "efficientnet_lite0"
@@ -208,15 +211,24 @@ def test_load_refuses_other_backbone_weights(small_detectors, real_vars, tmp_pat
     loaded = pipeline.load_detector(folder, variables=other, check_weights=False)
     assert loaded.variables is other
     # folders saved before the digest was recorded load without the check
-    meta = json.loads((folder / "detector.json").read_text())
+    meta = _as_format_1(folder)
     assert meta.pop("weights_sha256") == bb.variables_digest(real_vars)
     (folder / "detector.json").write_text(json.dumps(meta))
     assert pipeline.load_detector(folder, variables=other).variables is other
 
 
+def _as_format_1(folder):
+    """Rewrites a saved detector.json as jad 0.1 wrote it (no digests)."""
+    meta = json.loads((folder / "detector.json").read_text())
+    del meta["files"], meta["sha256"]
+    meta["format_version"] = 1
+    (folder / "detector.json").write_text(json.dumps(meta))
+    return meta
+
+
 def test_load_refuses_a_state_of_another_method(small_detectors, real_vars, tmp_path):
     folder = pipeline.save_detector(small_detectors["padim"], tmp_path / "d")
-    meta = json.loads((folder / "detector.json").read_text())
+    meta = _as_format_1(folder)
     meta["method"] = "patchcore"
     meta["config"] = {}
     (folder / "detector.json").write_text(json.dumps(meta))
@@ -330,6 +342,15 @@ def test_bad_input(small_detectors, small_train, real_vars, tmp_path):
             variables=real_vars,
             config=PaDiMConfig(),
             key=key,
+        )
+    def untouched():
+        raise AssertionError("read before the levels were checked")
+        yield
+
+    with pytest.raises(ValueError, match=r"config.levels \(2, 9\) are not backbone"):
+        pipeline.fit_detector(
+            "padim", untouched(), backbone=BACKBONE, variables=real_vars,
+            config=PaDiMConfig(levels=(2, 9)), key=key,
         )
     with pytest.raises(ValueError, match="training set is empty"):
         pipeline.fit_detector(
@@ -489,3 +510,255 @@ def test_end_to_end_builtin_brick_api_and_cli(
     assert (out / f"{os.path.splitext(os.path.basename(image))[0]}_map.npy").is_file()
     # nothing was written outside the temporary folders
     assert not (tmp_path / "results").exists()
+
+
+# --------------------------------------------- non-finite input, integrity, schema
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_non_finite_images_are_refused_and_never_scored_normal(
+    small_detectors, small_train, real_vars, method
+):
+    detector = small_detectors[method]
+    nan = np.full_like(small_train[:2], np.nan)
+    one_inf = small_train[:2].copy()
+    one_inf[1, 5, 7, 2] = np.inf
+    for images in (nan, one_inf):
+        with pytest.raises(ValueError, match="anomaly_maps: images contains NaN"):
+            pipeline.anomaly_maps(detector, images)
+        with pytest.raises(ValueError, match="predict: images contains NaN"):
+            pipeline.predict(detector, [small_train[:2], images], progress=False)
+        with pytest.raises(ValueError, match="fit_detector: images contains NaN"):
+            pipeline.fit_detector(
+                method, [small_train[:2], images], backbone=BACKBONE,
+                variables=real_vars, key=jax.random.key(0), progress=False,
+            )
+    # Under a caller's trace nothing can be refused: NaN propagates to the maps
+    # and scores (PaDiM used to turn it into the distance 0 of a normal image).
+    maps, scores = jax.jit(pipeline.anomaly_maps)(detector, nan)
+    assert np.isnan(np.asarray(scores)).all()
+    assert np.isnan(np.asarray(maps)).all()
+
+
+def test_predict_refuses_non_finite_maps_of_finite_images(small_detectors, small_train):
+    # Features that overflow (a state that amplifies them to inf) are not scores.
+    detector = small_detectors["padim"]
+    state = detector.state.replace(whitening=detector.state.whitening * 1e30)
+    with pytest.raises(ValueError, match="predict: the anomaly maps of batch 0"):
+        pipeline.predict(detector.replace(state=state), [small_train[:2]],
+                         progress=False)
+
+
+@pytest.fixture(scope="module")
+def saved_padim(small_detectors, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("saved") / "padim"
+    return pipeline.save_detector(small_detectors["padim"], folder,
+                                  metadata={"note": "x"})
+
+
+def _copy(folder, tmp_path):
+    return Path(shutil.copytree(folder, tmp_path / "copy"))
+
+
+def _largest_state_file(folder):
+    return max((p for p in (folder / "state").rglob("*") if p.is_file()),
+               key=lambda p: p.stat().st_size)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_flipped_or_truncated_state_file_is_refused_by_name(
+    small_detectors, real_vars, tmp_path, method
+):
+    folder = pipeline.save_detector(small_detectors[method], tmp_path / "d")
+    meta = json.loads((folder / "detector.json").read_text())
+    assert meta["format_version"] == 2 and meta["files"]
+    victim = _largest_state_file(folder)
+    original = victim.read_bytes()
+    flipped = bytearray(original)
+    middle = len(flipped) // 2
+    flipped[middle : middle + 64] = bytes(b ^ 0xFF for b in flipped[middle:middle + 64])
+    for damaged in (bytes(flipped), original[: len(original) // 2]):
+        victim.write_bytes(damaged)
+        with pytest.raises(DatasetError, match=f"{victim.name} does not match"):
+            pipeline.load_detector(folder, variables=real_vars)
+    victim.write_bytes(original)
+    assert pipeline.load_detector(folder, variables=real_vars).method == method
+    victim.unlink()
+    with pytest.raises(DatasetError, match=f"{victim.name} is missing"):
+        pipeline.load_detector(folder, variables=real_vars)
+
+
+def _edit(key, value):
+    def edit(meta):
+        if value is _DELETE:
+            del meta[key]
+        else:
+            meta[key] = value
+    return edit
+
+
+def _edit_config(key, value):
+    def edit(meta):
+        meta["config"][key] = value
+    return edit
+
+
+_DELETE = object()
+_SCHEMA_CASES = {
+    "config missing": (_edit("config", _DELETE), r"field\(s\) 'config' missing"),
+    "config a list": (_edit("config", [1, 2]), "field 'config' must be an object"),
+    "version a string": (_edit("format_version", "2"), "'format_version' must be"),
+    "version null": (_edit("format_version", None), "'format_version' must be"),
+    "version bool": (_edit("format_version", True), "'format_version' must be"),
+    "image_size null": (_edit("image_size", None), "'image_size' must be"),
+    "image_size zero": (_edit("image_size", [0, 0]), "'image_size' must be"),
+    "image_size string": (_edit("image_size", "64"), "'image_size' must be"),
+    "method unknown": (_edit("method", "spade"), "'method' must be one of"),
+    "backbone a number": (_edit("backbone", 3), "'backbone' must be one of"),
+    "weights a number": (_edit("weights", 3), "'weights' must be null or a path"),
+    "unknown field": (_edit("color", "red"), "unknown field.*'color'"),
+    "files mangled": (_edit("files", {"x": "0"}), "'files' must be"),
+    "digests missing": (_edit("sha256", _DELETE), r"field\(s\) 'sha256' missing"),
+    "levels edited": (_edit_config("levels", [1]), "'config' does not match the dig"),
+    "sigma edited": (_edit_config("sigma", 2.0), "'config' does not match the dig"),
+    "levels a string": (_edit_config("levels", "12"), "field 'config': .*levels"),
+    "config field unknown": (_edit_config("alpha", 1), "unknown PaDiMConfig field"),
+    "metadata edited": (_edit("metadata", {"note": "y"}), "'metadata' does not match"),
+    "size edited": (_edit("image_size", [64, 96]), "'image_size' does not match"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_SCHEMA_CASES))
+def test_detector_json_is_validated_field_by_field(
+    saved_padim, real_vars, tmp_path, case
+):
+    edit, message = _SCHEMA_CASES[case]
+    folder = _copy(saved_padim, tmp_path)
+    meta = json.loads((folder / "detector.json").read_text())
+    edit(meta)
+    (folder / "detector.json").write_text(json.dumps(meta))
+    match = rf"detector\.json.*{message}"
+    with pytest.raises(DatasetError, match=match):
+        pipeline.read_metadata(folder)
+    with pytest.raises(DatasetError, match=match):
+        pipeline.load_detector(folder, variables=real_vars)
+    # The CLI: one line on stderr naming the file, exit status 2.
+    from jad.cli.main import main
+
+    image = tmp_path / "x.png"
+    image.write_bytes(b"")  # exists: predict reads the detector first
+    for argv in (["evaluate", "--state", str(folder)],
+                 ["predict", "--state", str(folder), str(image),
+                  "--out", str(tmp_path / "out")]):
+        assert main(argv) == 2
+
+
+def test_cli_reports_a_bad_detector_json_in_one_line(saved_padim, tmp_path, capsys):
+    from jad.cli.main import main
+
+    folder = _copy(saved_padim, tmp_path)
+    meta = json.loads((folder / "detector.json").read_text())
+    meta["image_size"] = None
+    (folder / "detector.json").write_text(json.dumps(meta))
+    assert main(["evaluate", "--state", str(folder)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "detector.json: field 'image_size'" in err[0], err
+
+
+@pytest.mark.parametrize("text", ["[]", "null", '"x"', "{not json", "\xff\xfe"])
+def test_detector_json_that_is_not_an_object_is_refused(
+    saved_padim, tmp_path, text
+):
+    folder = _copy(saved_padim, tmp_path)
+    (folder / "detector.json").write_bytes(text.encode("latin-1"))
+    with pytest.raises(DatasetError, match=r"detector\.json is corrupt"):
+        pipeline.read_metadata(folder)
+
+
+def test_format_1_config_that_does_not_fit_the_state_is_refused(
+    saved_padim, real_vars, tmp_path
+):
+    # jad 0.1 folders have no digests: the config is traced against the state.
+    folder = _copy(saved_padim, tmp_path)
+    meta = _as_format_1(folder)
+    assert pipeline.load_detector(folder, variables=real_vars).method == "padim"
+    meta["config"]["n_features"] = 7
+    (folder / "detector.json").write_text(json.dumps(meta))
+    with pytest.raises(DatasetError, match="do not fit the saved state"):
+        pipeline.load_detector(folder, variables=real_vars)
+
+
+def test_save_and_load_with_relative_paths(
+    saved_padim, small_detectors, real_vars, tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    folder = pipeline.save_detector(small_detectors["padim"], "runs/bottle")
+    assert folder == tmp_path / "runs" / "bottle"
+    loaded = pipeline.load_detector("runs/bottle", variables=real_vars)
+    assert pipeline.read_metadata("runs/bottle") == {}
+    np.testing.assert_array_equal(np.asarray(loaded.state.mean),
+                                  np.asarray(small_detectors["padim"].state.mean))
+
+
+def test_save_refuses_a_non_finite_state_and_unserialisable_metadata(
+    small_detectors, tmp_path
+):
+    detector = small_detectors["padim"]
+    bad = detector.replace(state=detector.state.replace(
+        mean=detector.state.mean.at[0, 0, 0].set(jnp.nan)))
+    with pytest.raises(ValueError, match="save_detector: the state's mean contains"):
+        pipeline.save_detector(bad, tmp_path / "d")
+    with pytest.raises(ValueError, match="metadata must be JSON-serialisable"):
+        pipeline.save_detector(detector, tmp_path / "d", metadata={"x": object()})
+    assert not (tmp_path / "d").exists()
+
+
+_SAVER = """
+import sys
+from jad import pipeline
+a, b, target = sys.argv[1:4]
+detectors = [pipeline.load_detector(a), pipeline.load_detector(b)]
+print("ready", flush=True)
+i = 0
+while True:
+    pipeline.save_detector(detectors[i % 2], target, metadata={"tag": i % 2})
+    i += 1
+"""
+
+
+@pytest.mark.slow
+def test_killing_a_save_at_random_points_leaves_the_old_or_the_new_detector(
+    small_detectors, real_vars, cache_root, tmp_path
+):
+    import random
+    import signal
+
+    detectors = [small_detectors["padim"], small_detectors["patchcore"]]
+    sources = [pipeline.save_detector(d, tmp_path / f"src{i}")
+               for i, d in enumerate(detectors)]
+    target = tmp_path / "work" / "detector"
+    pipeline.save_detector(detectors[0], target, metadata={"tag": 0})
+    script = tmp_path / "saver.py"
+    script.write_text(_SAVER)
+    env = dict(os.environ, JAD_CACHE=str(cache_root))
+    rng = random.Random(0)
+    seen = set()
+    for trial in range(8):
+        process = subprocess.Popen(
+            [sys.executable, str(script), *map(str, sources), str(target)],
+            stdout=subprocess.PIPE, text=True, env=env,
+        )
+        assert process.stdout.readline().strip() == "ready"
+        time.sleep(rng.uniform(0.0, 0.4))
+        process.send_signal(signal.SIGKILL if trial < 6 else signal.SIGINT)
+        process.wait(timeout=60)
+        process.stdout.close()
+        tag = pipeline.read_metadata(target)["tag"]
+        loaded = pipeline.load_detector(target, variables=real_vars)
+        assert loaded.method == detectors[tag].method
+        for a, b in zip(jax.tree_util.tree_leaves(loaded.state),
+                        jax.tree_util.tree_leaves(detectors[tag].state), strict=True):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        assert sorted(p.name for p in target.parent.iterdir()) == ["detector"]
+        seen.add(tag)
+    assert seen

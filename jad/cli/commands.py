@@ -44,9 +44,15 @@ def parse_levels(text: str) -> tuple[int, ...]:
         levels = tuple(int(x) for x in text.split(","))
     except ValueError:
         levels = ()
-    if not levels or min(levels) < 0:
+    if not levels:
         raise argparse.ArgumentTypeError(
             f"expected comma-separated level numbers such as 2,3; got {text!r}"
+        )
+    valid = bb.registry.LEVELS  # the same for every backbone
+    if not set(levels) <= set(valid):
+        raise argparse.ArgumentTypeError(
+            f"backbone levels are {', '.join(map(str, valid))} (0 the stem, 4 the "
+            f"deepest); got {text!r}"
         )
     return levels
 

@@ -37,6 +37,7 @@ __all__ = [
     "Method",
     "check_config_fields",
     "check_instance",
+    "check_levels",
     "check_postprocess",
     "get_method",
     "list_methods",
@@ -140,6 +141,31 @@ def check_config_fields(fn: str, config, *, ints=(), floats=(), bools=()) -> Non
             )
 
 
+def check_levels(fn: str, config, features) -> None:
+    """Raises ``ValueError`` unless ``features`` holds every level of ``config``.
+
+    Args:
+      fn: the caller, for the message.
+      config: a method config with ``levels``.
+      features: dict level -> (B, h, w, C) from the backbone.
+
+    Returns:
+      None.
+    """
+    if not isinstance(features, dict):
+        raise TypeError(
+            f"{fn}: features must be a dict level -> (B, h, w, C); got "
+            f"{type(features).__name__}."
+        )
+    missing = [level for level in config.levels if level not in features]
+    if missing:
+        raise ValueError(
+            f"{fn}: features lack level(s) {', '.join(map(str, missing))} of "
+            f"config.levels {tuple(config.levels)}; got levels "
+            f"{', '.join(map(str, sorted(features))) or 'none'}."
+        )
+
+
 def check_postprocess(fn: str, config) -> None:
     """Validates a config's shared post-processing fields (at construction).
 
@@ -194,6 +220,12 @@ def max_image_score(maps: jax.Array) -> jax.Array:
       maps: (B, H, W) anomaly maps.
 
     Returns:
-      (B,) maxima.
+      (B,) maxima; NaN where a map holds NaN.
+
+    Note:
+      XLA's CPU max reduction skips NaN on arrays of a few thousand elements or
+      more (jax 0.10: ``jnp.max`` of 4096 ones and one NaN is 1.0), which would
+      score a map with NaN regions by its finite part. NaN is propagated explicitly.
     """
-    return jnp.max(maps, axis=(-2, -1))
+    top = jnp.max(maps, axis=(-2, -1))
+    return jnp.where(jnp.any(jnp.isnan(maps), axis=(-2, -1)), jnp.nan, top)

@@ -2,8 +2,9 @@
 
 Each feature location (i, j) of the training images is modelled by a multivariate
 Gaussian N(mu_ij, Sigma_ij); a test location's anomaly score is its Mahalanobis distance
-(F2PAD eq. 7). Following the reference code (``xiahaifeng1995``, §5.2 of
-``../shared/reference_implementations.md``):
+(F2PAD eq. 7). Following the reference code (xiahaifeng1995's
+PaDiM-Anomaly-Detection-Localization-master, the public PaDiM that the seed papers'
+figures use):
 
 * levels 1-3 concatenated on the grid of level 1, the coarser levels replicated by
   nearest neighbour (the reference's unfold/fold ``embedding_concat``);
@@ -37,6 +38,7 @@ from jad.methods.base import (
     Method,
     check_config_fields,
     check_instance,
+    check_levels,
     check_postprocess,
     register,
 )
@@ -155,7 +157,11 @@ def embed(config: PaDiMConfig, features: dict) -> jax.Array:
     Returns:
       (B, h, w, d) embeddings (d = the subset size, or all channels when
       ``n_features == 0``).
+
+    Raises:
+      ValueError: a level of ``config.levels`` is missing from ``features``.
     """
+    check_levels("padim.embed", config, features)
     concat = _concat(config, features)
     total = concat.shape[-1]
     if config.n_features == 0:
@@ -205,17 +211,25 @@ def fit(
     regularization = float(config.regularization)
     from tqdm.auto import tqdm
 
-    means, whitenings = [], []
+    means, whitenings, finites = [], [], []
     starts = range(0, locations, block)
     for start in tqdm(starts, desc="padim: fit", unit="block", disable=not progress):
         # One compiled block size: the last block ends at the last location and
         # overlaps its predecessor; only its new locations are kept.
         first = min(start, locations - block)
-        mean, whitening = _fit_block(x, first, block, regularization)
+        mean, whitening, finite = _fit_block(x, first, block, regularization)
+        finites.append(finite)
         means.append(mean[start - first :])
         whitenings.append(jax.block_until_ready(whitening[start - first :]))
     mean = means[0] if len(means) == 1 else jnp.concatenate(means)
     whitening = whitenings[0] if len(whitenings) == 1 else jnp.concatenate(whitenings)
+    if not all(bool(f) for f in finites):
+        largest = float(jnp.max(jnp.abs(x)))
+        raise ValueError(
+            f"{fn}: the fitted Gaussians are not finite: the covariance of embeddings "
+            f"as large as {largest:.3g} overflows float32. Are the images "
+            "ImageNet-normalised?"
+        )
     return PaDiMState(
         mean=mean.reshape(h, w, d), whitening=whitening.reshape(h, w, d, d),
         config=config,
@@ -226,8 +240,10 @@ def fit(
 def _fit_block(x, first, size, regularization):
     """Mean and whitening of locations ``first:first+size`` of (N, L, d) ``x``.
 
-    Returns (size, d) means and (size, d, d) inverse Cholesky factors L^-1 of the
-    regularised covariances.
+    Returns (size, d) means, (size, d, d) inverse Cholesky factors L^-1 of the
+    regularised covariances, and whether all of them are finite (an overflowing
+    covariance gives L = inf and a finite but all-zero L^-1, which would score
+    everything 0).
     """
     x = jax.lax.dynamic_slice_in_dim(x, first, size, axis=1)
     n, d = x.shape[0], x.shape[-1]
@@ -241,7 +257,9 @@ def _fit_block(x, first, size, regularization):
     whitening = jax.lax.linalg.triangular_solve(
         chol, jnp.broadcast_to(eye, cov.shape), left_side=True, lower=True
     )
-    return mean, whitening
+    finite = (jnp.all(jnp.isfinite(mean)) & jnp.all(jnp.isfinite(chol))
+              & jnp.all(jnp.isfinite(whitening)))
+    return mean, whitening, finite
 
 
 def score(state: PaDiMState, embeddings) -> jax.Array:
@@ -273,9 +291,11 @@ def score(state: PaDiMState, embeddings) -> jax.Array:
     if state.config.squared:
         return sq
     # Double where: sqrt's gradient is infinite at 0 (an embedding equal to the mean),
-    # which would make the gradient NaN; there the distance is 0 with gradient 0.
+    # which would make the gradient NaN; there the distance is sq = 0 with gradient
+    # 0. NaN (from NaN embeddings) fails `sq > 0` and passes through as NaN: it is
+    # never turned into the distance 0 of a perfectly normal location.
     positive = sq > 0
-    return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), 0.0)
+    return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), sq)
 
 
 METHOD = register(

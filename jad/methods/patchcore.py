@@ -5,7 +5,7 @@ a greedy coreset reduces to a fraction; a test patch's anomaly score is its dist
 the nearest bank entry (F2PAD eq. 4); the image score is the maximum patch score.
 
 Two presets reproduce the two public implementations on identical features
-(``../shared/reference_implementations.md`` §5.1, §5.1b):
+(amazon-science/patchcore-inspection and anomalib's PatchCore model):
 
 ===================== ================================ ================================
                       ``"official"`` (default)         ``"anomalib"``
@@ -56,6 +56,7 @@ from jad.methods.base import (
     Method,
     check_config_fields,
     check_instance,
+    check_levels,
     check_postprocess,
     register,
 )
@@ -223,7 +224,11 @@ def embed(config: PatchCoreConfig, features: dict) -> jax.Array:
     Returns:
       (B, h, w, D) embeddings on the grid of the first level in ``config.levels``
       (D = ``target_dim`` for ``"official"``, the sum of channels for ``"anomalib"``).
+
+    Raises:
+      ValueError: a level of ``config.levels`` is missing from ``features``.
     """
+    check_levels("patchcore.embed", config, features)
     first = features[config.levels[0]]
     grid = first.shape[1:3]
     per_level = []
@@ -263,10 +268,20 @@ def fit(
     embeddings = _checks.as_float_array(fn, "embeddings", embeddings)
     _checks.check_rank(fn, "embeddings", embeddings, 4, "N, h, w, D")
     _checks.check_finite(fn, "embeddings", embeddings)
+    if embeddings.shape[-1] == 0:
+        raise ValueError(f"{fn}: embeddings have 0 channels (D = 0).")
     flat = embeddings.reshape(-1, embeddings.shape[-1]).astype(jnp.float32)
     n, dim = flat.shape
     if n == 0:
         raise ValueError("patchcore.fit: embeddings are empty (no training images).")
+    # Squared distances reach 4 max ||x||^2: they must not overflow to inf, which
+    # would make every patch equally far from the bank.
+    largest = float(jnp.max(jnp.sum(flat * flat, axis=-1)))
+    if not largest * 4 < float(jnp.finfo(jnp.float32).max):
+        raise ValueError(
+            f"{fn}: squared distances between embeddings overflow float32 (squared "
+            f"norms up to {largest:.3g}). Are the images ImageNet-normalised?"
+        )
     if config.coreset_ratio >= 1.0:
         return PatchCoreState(memory_bank=flat, config=config)
     n_select = max(1, int(n * config.coreset_ratio))

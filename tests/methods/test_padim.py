@@ -1,7 +1,7 @@
 """Tests of jad.methods.padim against the reference code's numpy/scipy operations.
 
-References (xiahaifeng1995/PaDiM-Anomaly-Detection-Localization-master, §5.2 of
-``../shared/reference_implementations.md``): ``random.seed(1024)`` +
+References (xiahaifeng1995/PaDiM-Anomaly-Detection-Localization-master):
+``random.seed(1024)`` +
 ``random.sample(range(t_d), d)`` for the channel subset, nearest replication of the
 coarser levels (written with ``np.repeat``), ``np.mean`` and
 ``np.cov(rowvar=False) + 0.01 I`` per location, Mahalanobis distances with
@@ -299,3 +299,34 @@ def test_score_gradients_float64(rng, squared):
             atol=1e-7,
             rtol=1e-7,
         )
+
+
+def test_nan_embeddings_score_nan_never_zero(rng):
+    # The old guard `where(sq > 0, sqrt(sq), 0)` turned NaN into the distance 0 of a
+    # perfectly normal location.
+    train = rng.standard_normal((6, 3, 4, 5)).astype(np.float32)
+    state = padim.fit(PaDiMConfig(), train)
+    test = jnp.asarray(train[:2]).at[0, 1, 2, 3].set(jnp.nan).at[1].set(jnp.inf)
+    for fn in (padim.score, jax.jit(padim.score)):
+        out = np.asarray(fn(state, test))
+        assert np.isnan(out[0, 1, 2])
+        assert np.isfinite(np.delete(out[0].ravel(), 6)).all()
+        assert not np.isfinite(out[1]).any()
+    # the distance of the mean itself is still 0 with a finite gradient
+    mean = state.mean[None]
+    assert float(padim.score(state, mean).max()) == 0.0
+    grad = jax.grad(lambda e: padim.score(state, e).sum())(mean)
+    assert np.isfinite(np.asarray(grad)).all()
+
+
+def test_fit_with_overflowing_covariance_raises(rng):
+    train = (rng.standard_normal((6, 2, 2, 5)) * 1e20).astype(np.float32)
+    assert np.isfinite(train).all()
+    with pytest.raises(ValueError, match="padim.fit: the fitted Gaussians are not"):
+        padim.fit(PaDiMConfig(), train)
+
+
+def test_embed_without_a_level_names_it(rng):
+    features = {1: jnp.zeros((1, 8, 8, 4)), 2: jnp.zeros((1, 4, 4, 4))}
+    with pytest.raises(ValueError, match=r"padim.embed: features lack level\(s\) 3"):
+        padim.embed(PaDiMConfig(), features)

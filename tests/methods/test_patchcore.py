@@ -558,3 +558,29 @@ def test_states_and_inputs_of_another_shape_or_method_are_refused(
     )
     with pytest.raises(ValueError, match="locations"):
         jax.jit(patchcore.restricted_score)(state, test_embeddings, cand[:, :2])
+
+
+def test_fit_refuses_zero_channels_and_overflowing_distances(key):
+    with pytest.raises(ValueError, match="patchcore.fit: embeddings have 0 channels"):
+        patchcore.fit(PatchCoreConfig(), np.zeros((2, 3, 3, 0), np.float32), key=key)
+    huge = np.full((2, 3, 3, 4), 1e19, np.float32)
+    with pytest.raises(ValueError, match="patchcore.fit: squared distances"):
+        patchcore.fit(PatchCoreConfig(), huge, key=key)
+
+
+def test_nan_embeddings_score_nan(bank, test_embeddings):
+    state = PatchCoreState(memory_bank=jnp.asarray(bank), config=PatchCoreConfig())
+    test = jnp.asarray(test_embeddings).at[0, 0, 0, 0].set(jnp.nan)
+    with pytest.raises(ValueError, match="NaN"):  # concrete: refused at once
+        patchcore.score(state, test)
+    # traced: NaN propagates to the patch and image scores, never "normal"
+    out = np.asarray(jax.jit(patchcore.score)(state, test))
+    assert np.isnan(out[0, 0, 0]) and np.isfinite(out.ravel()[1:]).all()
+    image = jax.jit(patchcore.image_score)(state, test, out)
+    assert np.isnan(np.asarray(image)[0])
+
+
+def test_embed_without_a_level_names_it():
+    features = {2: jnp.zeros((1, 8, 8, 4))}
+    with pytest.raises(ValueError, match=r"patchcore.embed: features lack level"):
+        patchcore.embed(PatchCoreConfig(), features)

@@ -1,0 +1,244 @@
+"""Crash-safe folders on disk: atomic replacement, recovery, file digests.
+
+A saved folder (a detector, later a training checkpoint) is written beside its
+destination and swapped in with renames, so that an interruption at any point, even
+SIGKILL, leaves the destination holding either the complete old folder or the complete
+new one:
+
+1. the new folder is written to ``<name>.jad-tmp-<pid>-<token>`` next to ``<name>``
+   and its files are flushed to disk (``fsync``);
+2. an existing ``<name>`` is renamed to ``<name>.jad-old-<pid>-<token>``;
+3. the new folder is renamed to ``<name>``;
+4. the old one is removed.
+
+A ``KeyboardInterrupt`` or error between 2 and 3 renames the old folder back at once.
+After a SIGKILL (or power loss) :func:`recover`, which every save and load calls first,
+finishes the job: with ``<name>`` missing, the old folder (complete: it was moved
+aside whole) is renamed back; leftovers of writers that are no longer running
+(temporary folders, old folders after step 3, and the ``<name>.tmpXXXXXXXX`` folders
+of jad 0.1's saves) are removed. Folders of a writer that is still running (its pid,
+on this machine) are left alone, so two processes never delete each other's work; two
+writers of the same folder at the same time are not supported (the last rename wins).
+
+:func:`file_digests` and :func:`verify_digests` record and check the SHA-256 of every
+file of a folder, so a truncated, edited or bit-flipped file is reported by name
+instead of loading silently.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import secrets
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+from jad.errors import DatasetError
+
+__all__ = ["atomic_folder", "file_digests", "recover", "verify_digests"]
+
+_TMP = ".jad-tmp-"
+_OLD = ".jad-old-"
+_LEGACY_TMP = re.compile(r"\.tmp[a-z0-9_]{8}$")  # tempfile.mkdtemp(prefix=name+".tmp")
+_CHUNK = 1 << 22
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # this process is not inside a save while it recovers
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+def _leftovers(directory: Path) -> tuple[list[Path], list[Path]]:
+    """(old folders, temporary folders) of dead writers of ``directory``."""
+    parent, name = directory.parent, directory.name
+    old, tmp = [], []
+    if not parent.is_dir():
+        return old, tmp
+    for entry in parent.iterdir():
+        rest = entry.name[len(name):]
+        if not entry.name.startswith(name) or not entry.is_dir() or entry.is_symlink():
+            continue
+        for marker, found in ((_OLD, old), (_TMP, tmp)):
+            if rest.startswith(marker):
+                pid = rest[len(marker):].split("-", 1)[0]
+                if pid.isdigit() and not _pid_alive(int(pid)):
+                    found.append(entry)
+        if _LEGACY_TMP.fullmatch(rest) and {p.name for p in entry.iterdir()} <= {
+            "state", "detector.json"
+        }:
+            tmp.append(entry)
+    return old, tmp
+
+
+def recover(directory) -> list[str]:
+    """Finishes or undoes an interrupted :func:`atomic_folder` swap of ``directory``.
+
+    Args:
+      directory: the destination folder (absolute or relative path).
+
+    Returns:
+      One line per action taken (empty when there was nothing to do), e.g.
+      ``"restored /x/bottle from /x/bottle.jad-old-123-ab12"``.
+    """
+    directory = Path(directory).absolute()
+    old, tmp = _leftovers(directory)
+    actions = []
+    if old and not os.path.lexists(directory):
+        # Moved aside whole in step 2, so complete; the newest one if several.
+        newest = max(old, key=lambda p: p.stat().st_mtime)
+        os.rename(newest, directory)
+        _fsync_dir(directory.parent)
+        old.remove(newest)
+        actions.append(f"restored {directory} from {newest.name}")
+    for leftover in old + tmp:
+        shutil.rmtree(leftover, ignore_errors=True)
+        actions.append(f"removed {leftover}")
+    return actions
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # e.g. platforms without directory handles
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: Path) -> None:
+    for folder, _, files in os.walk(root):
+        for name in files:
+            with open(os.path.join(folder, name), "rb+") as f:
+                os.fsync(f.fileno())
+        _fsync_dir(Path(folder))
+
+
+@contextlib.contextmanager
+def atomic_folder(directory) -> Iterator[Path]:
+    """Writes a folder that replaces ``directory`` atomically when the block ends.
+
+    The body writes into the yielded temporary folder (next to ``directory``, on the
+    same file system). On normal exit the folder is flushed to disk and swapped in
+    (steps 1-4 of the module docstring); on an exception it is removed and
+    ``directory`` is untouched.
+
+    Args:
+      directory: the destination; its parent is created if needed.
+
+    Returns:
+      A context manager yielding the temporary folder's :class:`~pathlib.Path`.
+
+    Example:
+      >>> import tempfile, pathlib
+      >>> root = pathlib.Path(tempfile.mkdtemp())
+      >>> with atomic_folder(root / "out") as tmp:
+      ...     _ = (tmp / "a.txt").write_text("new")
+      >>> (root / "out" / "a.txt").read_text()
+      'new'
+    """
+    directory = Path(directory).absolute()
+    recover(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    token = f"{os.getpid()}-{secrets.token_hex(4)}"
+    tmp = directory.parent / f"{directory.name}{_TMP}{token}"
+    tmp.mkdir()
+    try:
+        yield tmp
+        _fsync_tree(tmp)
+        if os.path.lexists(directory):
+            aside = directory.parent / f"{directory.name}{_OLD}{token}"
+            os.rename(directory, aside)
+            try:
+                os.rename(tmp, directory)
+            except BaseException:
+                os.rename(aside, directory)
+                raise
+            _fsync_dir(directory.parent)
+            if aside.is_dir() and not aside.is_symlink():
+                shutil.rmtree(aside, ignore_errors=True)
+            else:
+                aside.unlink()
+        else:
+            os.rename(tmp, directory)
+            _fsync_dir(directory.parent)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def file_digests(root) -> dict[str, str]:
+    """SHA-256 of every file under ``root``.
+
+    Args:
+      root: a folder.
+
+    Returns:
+      ``{relative posix path: hex digest}``, sorted by path.
+    """
+    root = Path(root)
+    found = {}
+    for folder, _, files in os.walk(root):
+        for name in files:
+            path = Path(folder) / name
+            found[path.relative_to(root).as_posix()] = _sha256(path)
+    return dict(sorted(found.items()))
+
+
+def verify_digests(root, recorded: dict, *, source) -> None:
+    """Checks the files under ``root`` against digests from :func:`file_digests`.
+
+    Args:
+      root: the folder.
+      recorded: ``{relative path: hex digest}`` recorded when the folder was saved.
+      source: the file the digests were read from (named in the message).
+
+    Returns:
+      None.
+
+    Raises:
+      DatasetError: a recorded file is missing or its content changed, or the folder
+        holds a file that was not recorded (each message names the file).
+    """
+    root = Path(root)
+    for rel, digest in recorded.items():
+        path = root / rel
+        if not path.is_file():
+            raise DatasetError(
+                f"{path} is missing (recorded in {source}): the saved folder is "
+                "incomplete."
+            )
+        if _sha256(path) != digest:
+            raise DatasetError(
+                f"{path} does not match the SHA-256 recorded in {source}: the file "
+                "was truncated, corrupted or changed after saving."
+            )
+    for folder, _, files in os.walk(root):
+        for name in files:
+            rel = (Path(folder) / name).relative_to(root).as_posix()
+            if rel not in recorded:
+                raise DatasetError(
+                    f"{Path(folder) / name} is not one of the files recorded in "
+                    f"{source}: the saved folder was changed after saving."
+                )
