@@ -21,7 +21,10 @@ class Evaluation(NamedTuple):
       metrics: ``image_auroc``, ``pixel_auroc``, ``pro`` (AUPRO up to FPR 0.3,
         normalised), ``pixel_ap``, ``seconds_per_image``, ``num_images``,
         ``num_anomalous`` (pixel metrics are ``None`` when the split has no
-        anomalous pixel; image AUROC is ``None`` with a single class).
+        anomalous pixel; image AUROC is ``None`` with a single class), and
+        ``empty_masks``: the mask files of defective images whose mask is empty
+        after thresholding (``jad.data.EmptyMaskWarning``; their pixels count as
+        normal in the pixel metrics).
       maps: (N, H, W) float32 anomaly maps.
       scores: (N,) float32 image scores.
       labels: (N,) int32 (1 = anomalous).
@@ -76,6 +79,7 @@ def evaluate(
     result = {
         "num_images": int(labels_a.size),
         "num_anomalous": int(labels_a.sum()),
+        "empty_masks": list(getattr(dataset, "empty_masks", ())),
         "seconds_per_image": float(seconds),
         "image_auroc": None,
         "pixel_auroc": None,

@@ -19,6 +19,7 @@ PUBLIC_MODULES = [
     "jad.evaluation",
     "jad.neighbors",
     "jad.coreset",
+    "jad.io",
 ]
 
 

@@ -762,3 +762,32 @@ def test_killing_a_save_at_random_points_leaves_the_old_or_the_new_detector(
         assert sorted(p.name for p in target.parent.iterdir()) == ["detector"]
         seen.add(tag)
     assert seen
+
+
+def test_evaluate_reports_empty_masks(small_detectors, data_root, tmp_path, capsys):
+    # A defective image whose mask is stored as 0/1 has no pixel above 127: it is
+    # warned about and named in the metrics and in the CLI's summary.
+    from PIL import Image
+
+    from jad.cli.main import main
+
+    root = Path(shutil.copytree(data_root, tmp_path / "data"))
+    mask_path = root / "brick" / "ground_truth" / "color" / "000_mask.png"
+    mask = np.asarray(Image.open(mask_path))
+    Image.fromarray((mask > 127).astype(np.uint8)).save(mask_path)
+    test = _split(root, "test", SMALL)
+    with pytest.warns(jad.data.EmptyMaskWarning, match="000_mask.png"):
+        result = evaluation.evaluate(small_detectors["padim"], test, batch_size=2,
+                                     progress=False)
+    assert result.metrics["empty_masks"] == [str(mask_path)]
+    import dataclasses
+
+    transform = dataclasses.asdict(jad.data.Transform(size=SMALL))
+    folder = pipeline.save_detector(small_detectors["padim"], tmp_path / "d",
+                                    metadata={"transform": transform})
+    out = tmp_path / "m.json"
+    with pytest.warns(jad.data.EmptyMaskWarning):
+        assert main(["evaluate", "--state", str(folder), "--data", str(root),
+                     "--category", "brick", "--json", str(out)]) == 0
+    assert "1 defective image(s) have an empty mask" in capsys.readouterr().out
+    assert json.loads(out.read_text())["empty_masks"] == [str(mask_path)]

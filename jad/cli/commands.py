@@ -209,6 +209,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
     row = {"method": detector.method, "backbone": detector.backbone,
            **result.metrics}
     print_table([row])
+    if result.metrics["empty_masks"]:
+        print(f"note: {len(result.metrics['empty_masks'])} defective image(s) have "
+              "an empty mask after the > 127 threshold (listed in the JSON as "
+              "empty_masks); their pixels count as normal in the pixel metrics.")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(row, indent=2))
@@ -247,6 +251,11 @@ def run_predict(args: argparse.Namespace) -> int:
         image = data.normalize_imagenet(raw) if transform.normalize else raw
         maps, scores = pipeline.anomaly_maps(detector, image[None])
         amap = np.asarray(maps[0])
+        if not (np.isfinite(amap).all() and np.isfinite(float(scores[0]))):
+            raise ValueError(
+                f"{path}: the anomaly map is not finite (the backbone's features "
+                "overflowed); nothing is reported for it."
+            )
         stem = stems[index]
         if stems.count(stem) > 1:  # same name in different folders: keep both
             stem = f"{index:03d}_{stem}"

@@ -5,7 +5,9 @@ Defect (with jad's seeded split), VisA (through its split CSV), plain folders of
 own images, and DTD texture folders — and return a lazy :class:`Dataset`: a file list
 whose images are decoded only when ``dataset[i]`` or ``dataset.batches(n)`` asks for
 them. Batches are NHWC float32 numpy arrays (ImageNet-normalised by default), bool
-masks, int32 labels, defect types and paths, ready for ``jax.device_put``.
+masks, int32 labels, defect types and paths, ready for ``jax.device_put``. Defective
+images whose masks are empty as loaded (e.g. 0/1 masks) are reported by an
+:class:`EmptyMaskWarning` and listed in ``Dataset.empty_masks``.
 
 Example:
   >>> import jad.data as data  # doctest: +SKIP
@@ -21,6 +23,7 @@ from jad.data.base import (
     IMAGE_EXTENSIONS,
     Batch,
     Dataset,
+    EmptyMaskWarning,
     Sample,
     SampleFile,
     SkippedFile,
@@ -76,6 +79,7 @@ __all__ = [
     "Batch",
     "CutPasteResult",
     "Dataset",
+    "EmptyMaskWarning",
     "Sample",
     "SampleFile",
     "SkippedFile",

@@ -17,7 +17,14 @@ Conventions shared by all loaders:
   file is reported by ``warnings.warn`` (path and reason), recorded in
   ``Dataset.skipped``, and the file is left out; nothing is dropped silently. Missing
   folders and unknown categories always raise. Hidden files (names starting with
-  ".", such as ``.DS_Store``) are ignored.
+  ".", such as ``.DS_Store``) are ignored;
+- a defective image whose mask, as loaded, has no True pixel (a 0/1 mask read with
+  the threshold 127, an all-black mask, a defect lost by resizing) keeps label 1 and
+  its empty mask (masks are never rescaled by guessing), but is not silent: it is
+  listed in ``Dataset.empty_masks`` and reported by one :class:`EmptyMaskWarning`
+  naming the files. Masks are checked when they are decoded: by ``verify=True`` at
+  load time, else by ``dataset[i]`` and at the end of each :meth:`Dataset.batches`
+  pass; every file is warned about once per dataset.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import concurrent.futures
 import dataclasses
 import math
 import os
+import threading
 import warnings
 from collections.abc import Iterator, Sequence
 from typing import Literal, NamedTuple
@@ -34,13 +42,22 @@ import numpy as np
 from PIL import Image
 
 from jad import _checks
-from jad.data.preprocess import DEFAULT_TRANSFORM, Transform, load_image, load_mask
+from jad.data.preprocess import (
+    DEFAULT_TRANSFORM,
+    Transform,
+    _mask_levels,
+    _open,
+    load_image,
+    load_mask,
+    preprocess_mask,
+)
 from jad.errors import DatasetError
 
 __all__ = [
     "IMAGE_EXTENSIONS",
     "Batch",
     "Dataset",
+    "EmptyMaskWarning",
     "Sample",
     "SampleFile",
     "SkippedFile",
@@ -52,6 +69,52 @@ OnError = Literal["raise", "skip"]
 _ON_ERROR = ("raise", "skip")
 _SPLITS = ("train", "test")
 GOOD = "good"
+# At most this many files are named in an EmptyMaskWarning (then "and N more").
+_MAX_NAMED = 10
+
+
+class EmptyMaskWarning(UserWarning):
+    """Defective images whose ground-truth masks are empty as loaded.
+
+    Issued by a :class:`Dataset` (once per file and dataset, many files in one
+    warning) when the mask of an anomalous image has no pixel above the dataset's
+    ``mask_threshold`` after preprocessing. Such an image still counts as anomalous
+    for image-level metrics, but pixel metrics see it as entirely normal and PRO gets
+    no region from it. Typical causes, named in the message for each file: masks
+    saved as 0/1 instead of 0/255 (their largest value is not above the threshold
+    127), all-black masks (four of MTD's ``MT_Uneven`` masks), or a defect smaller
+    than a pixel at the transform's size. ``Dataset.empty_masks`` lists the files.
+
+    Silence it, where the empty masks are expected, with
+    ``warnings.filterwarnings("ignore", category=jad.data.EmptyMaskWarning)``.
+    """
+
+
+class _EmptyMasks:
+    """Masks of anomalous images found empty while decoding, and which were warned.
+
+    Thread-safe: batches decode in worker threads; warnings are issued by the caller.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._found: dict[str, str] = {}  # mask path -> why it is empty
+        self._warned: set[str] = set()
+
+    def add(self, path: str, reason: str) -> None:
+        with self._lock:
+            self._found.setdefault(path, reason)
+
+    def __contains__(self, path) -> bool:
+        with self._lock:
+            return path in self._found
+
+    def take_unwarned(self) -> list[tuple[str, str]]:
+        """(path, reason) of the masks not warned about yet; they count as warned."""
+        with self._lock:
+            new = [(p, r) for p, r in self._found.items() if p not in self._warned]
+            self._warned.update(p for p, _ in new)
+        return new
 
 
 class SampleFile(NamedTuple):
@@ -137,6 +200,7 @@ class Dataset:
       seed: the seed of the split, for kinds that draw one (MTD, folders); else None.
       skipped: files left out under ``on_error="skip"`` (grows when a file fails to
         decode during :meth:`batches`).
+      empty_masks: (property) see :attr:`empty_masks`.
     """
 
     kind: str
@@ -150,6 +214,9 @@ class Dataset:
     on_error: OnError = "raise"
     seed: int | None = None
     skipped: list[SkippedFile] = dataclasses.field(default_factory=list)
+    _empty: _EmptyMasks = dataclasses.field(
+        default_factory=_EmptyMasks, init=False, repr=False
+    )
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -160,7 +227,7 @@ class Dataset:
             f"Dataset(kind={self.kind!r}, category={self.category!r}, "
             f"split={self.split!r}, {len(self)} images: {normal} normal, "
             f"{len(self) - normal} anomalous, transform={self.transform}, "
-            f"skipped={len(self.skipped)})"
+            f"skipped={len(self.skipped)}, empty_masks={len(self.empty_masks)})"
         )
 
     @property
@@ -173,6 +240,26 @@ class Dataset:
         """The N image paths."""
         return tuple(s.image_path for s in self.samples)
 
+    @property
+    def empty_masks(self) -> tuple[str, ...]:
+        """Mask paths of anomalous samples whose loaded mask has no True pixel.
+
+        A mask is empty when no pixel is above ``mask_threshold`` after the
+        transform's resize and crop (e.g. a 0/1 mask with the threshold 127). Such a
+        sample keeps label 1: image metrics count it as anomalous, pixel metrics as
+        all-normal. Masks are checked as they are decoded, so this lists what was
+        found so far: everything after ``verify=True`` or after one full
+        :meth:`batches` pass (what an evaluation does), else the items read until
+        now. Each one is also reported, once, by an :class:`EmptyMaskWarning`.
+        Mask paths (not image paths), in sample order; the samples are
+        ``[s for s in dataset.samples if s.mask_path in dataset.empty_masks]``.
+        """
+        return tuple(
+            s.mask_path
+            for s in self.samples
+            if s.mask_path is not None and s.mask_path in self._empty
+        )
+
     def with_transform(self, transform: Transform) -> Dataset:
         """The same files read with another :class:`~jad.data.Transform`.
 
@@ -181,13 +268,19 @@ class Dataset:
 
         Returns:
           A new :class:`Dataset` sharing the file list (and the ``skipped`` list).
+          When the new transform has the same geometry (``size``,
+          ``keep_aspect_ratio``, ``crop``; e.g. only ``normalize`` differs) the masks
+          are the same, so the empty masks found (and warned about) are shared too.
         """
         if not isinstance(transform, Transform):
             raise TypeError(
                 "Dataset.with_transform: transform must be a jad.data.Transform; "
                 f"got {type(transform).__name__}."
             )
-        return dataclasses.replace(self, transform=transform, skipped=self.skipped)
+        new = dataclasses.replace(self, transform=transform, skipped=self.skipped)
+        if _geometry_of(transform) == _geometry_of(self.transform):
+            object.__setattr__(new, "_empty", self._empty)
+        return new
 
     def __getitem__(self, index: int) -> Sample:
         """Reads and preprocesses sample ``index`` (always raises on a bad file)."""
@@ -200,7 +293,9 @@ class Dataset:
             raise IndexError(
                 f"Dataset[index]: index {index} out of range for {n} samples."
             )
-        return self._load(self.samples[int(index)])
+        sample = self._load(self.samples[int(index)])
+        self._warn_empty_masks(stacklevel=2)
+        return sample
 
     def _load(self, sample: SampleFile) -> Sample:
         image = load_image(sample.image_path, transform=self.transform)
@@ -213,7 +308,28 @@ class Dataset:
                 transform=self.transform,
                 threshold=self.mask_threshold,
             )
+            if sample.label == 1 and not mask.any():
+                self._empty.add(
+                    sample.mask_path,
+                    _why_empty(
+                        _open("load_mask", sample.mask_path, "mask"),
+                        self.mask_threshold,
+                        mask.shape,
+                        sample.mask_path,
+                    ),
+                )
         return Sample(image, mask, sample.label, sample.defect_type, sample.image_path)
+
+    def _warn_empty_masks(self, *, stacklevel: int) -> None:
+        """One EmptyMaskWarning naming the empty masks not warned about yet.
+
+        ``stacklevel`` counts from the caller (1: the caller's line).
+        """
+        new = self._empty.take_unwarned()
+        if new:
+            warnings.warn(
+                _empty_message(self, new), EmptyMaskWarning, stacklevel=stacklevel + 1
+            )
 
     def _load_or_skip(self, sample: SampleFile) -> Sample | None:
         try:
@@ -245,7 +361,9 @@ class Dataset:
         Returns:
           An iterator of :class:`Batch`. With ``on_error="skip"`` an unreadable file
           is warned about, appended to ``skipped`` and left out of its batch (which is
-          then smaller).
+          then smaller). Defective images with empty masks are kept; when the pass
+          ends (or is left early), one :class:`EmptyMaskWarning` names those not
+          warned about before, and :attr:`empty_masks` lists them all.
 
         Raises:
           DatasetError: an unreadable file (``on_error="raise"``).
@@ -261,6 +379,18 @@ class Dataset:
         return self._batches(batch_size, bool(drop_last), num_workers)
 
     def _batches(
+        self, batch_size: int, drop_last: bool, num_workers: int
+    ) -> Iterator[Batch]:
+        # Warn from the caller's thread once the pass ends or is left (a `break`
+        # closes the generator); not while another error propagates.
+        try:
+            yield from self._stream(batch_size, drop_last, num_workers)
+        except GeneratorExit:
+            self._warn_empty_masks(stacklevel=2)
+            raise
+        self._warn_empty_masks(stacklevel=2)
+
+    def _stream(
         self, batch_size: int, drop_last: bool, num_workers: int
     ) -> Iterator[Batch]:
         n = len(self.samples)
@@ -317,6 +447,42 @@ def _stack(items: Sequence[Sample | None]) -> Batch | None:
     )
 
 
+def _geometry_of(transform: Transform) -> tuple:
+    """What decides a loaded mask: the transform's resize and crop."""
+    return transform.size, transform.keep_aspect_ratio, transform.crop
+
+
+def _why_empty(mask, threshold: int, shape: tuple[int, ...], where: str) -> str:
+    """Why a decoded mask (PIL image) is empty once loaded at ``shape``."""
+    top = int(np.asarray(_mask_levels(mask, where)).max(initial=0))
+    if top == 0:
+        return "all zero"
+    if top <= threshold:
+        return (
+            f"largest value {top}, not above the threshold {threshold}: a 0/1 or "
+            "class-index mask?"
+        )
+    return f"empty once resized to {shape[0]}x{shape[1]}"
+
+
+def _empty_message(dataset: Dataset, found: list[tuple[str, str]]) -> str:
+    named = [f"{path} ({reason})" for path, reason in found[:_MAX_NAMED]]
+    if len(found) > _MAX_NAMED:
+        named.append(f"and {len(found) - _MAX_NAMED} more")
+    what = dataset.kind + (f" {dataset.category!r}" if dataset.category else "")
+    hint = "save masks with defective pixels above the threshold (0/255)"
+    if dataset.kind == "folder":
+        hint += ", or pass load_folder(mask_threshold=0) for 0/1 masks"
+    return (
+        f"jad.data: {len(found)} defective image(s) in the {dataset.split} split of "
+        f"{what} have an empty ground-truth mask (no pixel > "
+        f"{dataset.mask_threshold} after loading); they stay anomalous but pixel "
+        "metrics count them as all-normal: "
+        f"{'; '.join(named)}. Dataset.empty_masks lists them; if the masks are "
+        f"wrong, {hint}."
+    )
+
+
 def _check_same_size(sample: SampleFile) -> None:
     """Raises DatasetError when the mask's pixel size differs from the image's."""
     sizes = []
@@ -365,8 +531,8 @@ def seeded_split(
     ``p = numpy.random.default_rng(seed).permutation(n)``; the first
     ``floor(test_fraction * n)`` entries of ``p`` are test images, the others train
     images, both in ``p`` order (so the first k train indices are a seeded subsample).
-    This is the split of ``shared/data/README.md`` that every MTD figure uses
-    (n = 952, seed 0: 190 test, 762 train).
+    This is jad's seeded MTD split (:func:`~jad.data.load_mtd`), the one every MTD
+    figure of jad uses (n = 952, seed 0: 190 test, 762 train).
 
     Args:
       n: number of images, indexed in sorted file-name order.
@@ -521,11 +687,21 @@ def _take_first(fn: str, samples: list[SampleFile], num_train, split: str):
     return samples[:num_train]
 
 
-def _verify(samples: list[SampleFile], problems: _Problems) -> list[SampleFile]:
-    """Decodes every file once; returns the samples whose files are all readable."""
-    kept = []
+def _verify(
+    samples: list[SampleFile],
+    problems: _Problems,
+    transform: Transform,
+    mask_threshold: int,
+) -> tuple[list[SampleFile], list[tuple[str, str]]]:
+    """Decodes every file once.
+
+    Returns the samples whose files are all readable, and (mask path, reason) for
+    the anomalous ones whose mask is empty once loaded with ``transform``.
+    """
+    kept, empty = [], []
     for sample in samples:
         try:
+            decoded = {}
             for path, what in (
                 (sample.image_path, "image"),
                 (sample.mask_path, "mask"),
@@ -535,17 +711,37 @@ def _verify(samples: list[SampleFile], problems: _Problems) -> list[SampleFile]:
                 try:
                     with Image.open(path) as im:
                         im.load()
+                        decoded[what] = im
                 except (OSError, SyntaxError, ValueError) as err:
                     raise DatasetError(
                         f"cannot read {what} file {path} ({err})"
                     ) from err
             if sample.mask_path is not None:
                 _check_same_size(sample)
+                if sample.label == 1:
+                    reason = _check_mask(
+                        decoded["mask"], sample.mask_path, transform, mask_threshold
+                    )
+                    if reason is not None:
+                        empty.append((sample.mask_path, reason))
         except DatasetError as err:
             problems.report(sample.image_path, str(err))
             continue
         kept.append(sample)
-    return kept
+    return kept, empty
+
+
+def _check_mask(mask, path: str, transform: Transform, threshold: int) -> str | None:
+    """Why the decoded ``mask`` is empty once loaded, or None when it is not."""
+    try:
+        loaded = preprocess_mask(
+            mask, transform=transform, threshold=threshold, where=path
+        )
+    except ValueError as err:
+        raise DatasetError(f"load_mask: {err}") from err
+    if loaded.any():
+        return None
+    return _why_empty(mask, threshold, loaded.shape, path)
 
 
 def _finish(
@@ -571,8 +767,9 @@ def _finish(
             f"{type(transform).__name__}."
         )
     samples = _take_first(fn, samples, num_train, split)
+    empty = []
     if verify:
-        samples = _verify(samples, problems)
+        samples, empty = _verify(samples, problems, transform, mask_threshold)
     if not samples:
         skipped = len(problems.skipped)
         raise DatasetError(
@@ -580,7 +777,7 @@ def _finish(
             + (f" (all {skipped} skipped as unreadable or unpaired)" if skipped else "")
             + "; check the folder and the split."
         )
-    return Dataset(
+    dataset = Dataset(
         kind=kind,
         root=os.fspath(root),
         category=category,
@@ -593,3 +790,8 @@ def _finish(
         seed=seed,
         skipped=problems.skipped,
     )
+    for path, reason in empty:
+        dataset._empty.add(path, reason)
+    # user -> load_<kind> -> _finish -> _warn_empty_masks
+    dataset._warn_empty_masks(stacklevel=3)
+    return dataset

@@ -81,7 +81,7 @@ def load_dataset(
       DatasetError: see the kind's loader.
 
     Example:
-      >>> train = load_dataset("mtd", "shared/data/mtd", None, "train",
+      >>> train = load_dataset("mtd", "data/mtd", None, "train",
       ...                      transform=SQUARE_224)  # doctest: +SKIP
       >>> len(train), train.seed  # doctest: +SKIP
       (762, 0)

@@ -1,8 +1,8 @@
 """Describable Textures Dataset (Cimpoi et al., CVPR 2014) from a plain folder.
 
 DTD is the source of the texture patterns that PAE (the projecting autoencoder) pastes
-into training images as synthetic corruptions. Layout (the official archive, and the
-10-class copy in ``shared/data/dtd10``)::
+into training images as synthetic corruptions. Layout (the official archive
+``dtd-r1.0.1.tar.gz`` as extracted, or any subset of its classes)::
 
     <root>/images/<class>/<class>_NNNN.jpg
 
@@ -85,7 +85,7 @@ def load_dtd(
         an unexpected or (with ``verify``) unreadable file.
 
     Example:
-      >>> textures = load_dtd("shared/data/dtd10", classes=["banded"])  # doctest: +SKIP
+      >>> textures = load_dtd("data/dtd", classes=["banded"])  # doctest: +SKIP
       >>> len(textures)  # doctest: +SKIP
       120
     """

@@ -12,7 +12,7 @@ resized by the transform (jad's protocol: :data:`~jad.data.SQUARE_224`, a plain
 224x224 bilinear resize). Masks are anti-aliased 8-bit: binarised with ``> 127``.
 
 Split (there is no official one; the papers hold out 20% of the defect-free images):
-jad uses the seeded split of ``shared/data/README.md`` that every MTD figure uses —
+jad uses a seeded split, the one every MTD figure of jad uses —
 ``MT_Free/Imgs/*.jpg`` sorted by file name, ``p = default_rng(seed).permutation(952)``,
 the first ``floor(0.2 * 952) = 190`` of ``p`` are test-good, the other 762 (in ``p``
 order, so ``num_train=k`` takes a seeded subsample) are train; every defective image is
@@ -21,7 +21,10 @@ a test image. The seed (default 0) is recorded in ``Dataset.seed``.
 Empty masks: four ``MT_Uneven`` masks are empty in the data (and a fifth,
 ``exp3_num_24829``, becomes empty at 224x224). jad keeps these images labelled
 anomalous with their empty masks, as anomalib does: they count for image-level
-metrics and contribute no region to PRO or pixel positives.
+metrics and contribute no region to PRO or pixel positives. Like any empty mask of a
+defective image they are listed in ``Dataset.empty_masks`` and reported by a
+:class:`~jad.data.EmptyMaskWarning` once decoded; since these are expected, silence it
+with ``warnings.filterwarnings("ignore", category=jad.data.EmptyMaskWarning)``.
 """
 
 from __future__ import annotations
@@ -133,7 +136,8 @@ def load_mtd(
     Returns:
       A lazy :class:`~jad.data.Dataset` (``kind="mtd"``, ``seed`` recorded). Defect
       types are "good" and the folder names without ``MT_`` ("Blowhole" ...); every
-      ``MT_<Defect>`` folder present is read. Images with empty masks stay anomalous.
+      ``MT_<Defect>`` folder present is read. Images with empty masks stay anomalous
+      (see :attr:`~jad.data.Dataset.empty_masks`).
 
     Raises:
       DatasetError: a missing ``MT_Free/Imgs`` or ``MT_<Defect>/Imgs`` folder, a

@@ -11,7 +11,9 @@ Conventions: images are NHWC (here one image, (H, W, 3)) float32; with
 overlays need; :func:`denormalize_imagenet` also undoes the normalisation). Masks are
 (H, W) bool, True on defective pixels.
 
-Reference pipelines this reproduces (see ``shared/reference_implementations.md``):
+Reference pipelines this reproduces (the official PatchCore code,
+``amazon-science/patchcore-inspection``; the PaDiM code the papers follow; anomalib; the
+official PSDL code, ``StefanoSamele-PoliMi/PSDL-Anomaly-Detection``):
 
 - official PatchCore / PaDiM on MVTec AD: ``Resize(256)`` (bilinear, shorter side) then
   ``CenterCrop(224)``: ``Transform(size=256, keep_aspect_ratio=True, crop=224)``
@@ -144,7 +146,7 @@ class Transform:
 DEFAULT_TRANSFORM = Transform()
 # Official PatchCore / PaDiM (MVTec AD): Resize(256), shorter side; CenterCrop(224).
 CENTER_CROP_224 = Transform(size=256, keep_aspect_ratio=True, crop=224)
-# jad's MTD protocol (shared/data/README.md) and anomalib: a plain 224x224 resize.
+# jad's MTD protocol (see jad.data.mtd) and anomalib: a plain 224x224 resize.
 SQUARE_224 = Transform(size=224)
 
 
@@ -317,9 +319,12 @@ def preprocess_mask(
     The mask is read as 8-bit grayscale (``convert("L")``; palette masks through their
     palette, 16-bit masks scaled by 255/65535), resized with nearest neighbour to the
     size :func:`output_size` gives, cropped like the image, then binarised with
-    ``> threshold``. Nearest resampling followed by the threshold is the data README's
-    recipe; MVTec AD, BTAD and MTD masks are 0/255 (MTD's are anti-aliased, hence the
-    threshold 127), VisA's hold small class indices (use ``threshold=0``).
+    ``> threshold``. Nearest resampling followed by the threshold is what the
+    reference pipelines do (the official PatchCore and PaDiM code, anomalib); MVTec AD,
+    BTAD and MTD masks are 0/255 (MTD's are anti-aliased, hence the threshold 127),
+    VisA's hold small class indices (use ``threshold=0``). A 0/1 mask is not rescaled:
+    with the default threshold it is all False (the dataset loaders warn about such
+    empty masks of defective images, see :class:`~jad.data.EmptyMaskWarning`).
 
     Args:
       mask: a PIL image, or a uint8 (H, W) / (H, W, 1) / (H, W, 3) or uint16 (H, W)
@@ -346,19 +351,22 @@ def preprocess_mask(
     threshold = _checks.check_int(
         "preprocess_mask", "threshold", threshold, low=0, high=254
     )
-    mask = _to_pil("preprocess_mask", "mask", mask)
+    mask = _mask_levels(_to_pil("preprocess_mask", "mask", mask), where)
+    mask = _geometry(mask, transform, Image.Resampling.NEAREST, where)
+    return np.asarray(mask) > threshold
+
+
+def _mask_levels(mask: Image.Image, where: str) -> Image.Image:
+    """A decoded mask as 8-bit grayscale ("L"), the scale the threshold applies to."""
     if mask.mode in _WIDE_MODES:
         scaled = np.asarray(mask, dtype=np.float64) * (255.0 / _WIDE_MAX)
-        mask = Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), "L")
-    elif mask.mode == "F":
+        return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), "L")
+    if mask.mode == "F":
         raise ValueError(
             f"preprocess_mask: {where} is a 32-bit float image (PIL mode 'F'); save "
             "masks as 8-bit images."
         )
-    elif mask.mode != "L":
-        mask = mask.convert("L")
-    mask = _geometry(mask, transform, Image.Resampling.NEAREST, where)
-    return np.asarray(mask) > threshold
+    return mask if mask.mode == "L" else mask.convert("L")
 
 
 def _open(fn: str, path, kind: str) -> Image.Image:

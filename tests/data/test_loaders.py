@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import math
 import os
@@ -414,8 +415,10 @@ def test_mtd_split_is_the_readme_recipe(mtd):
 def test_mtd_empty_mask_stays_anomalous(mtd):
     test = data.load_mtd(mtd, "test", transform=RAW)
     uneven = [i for i, s in enumerate(test.samples) if s.defect_type == "Uneven"]
-    first = test[uneven[0]]
+    with pytest.warns(data.EmptyMaskWarning, match="exp1_num_500.png"):
+        first = test[uneven[0]]
     assert first.label == 1 and not first.mask.any()
+    assert test.empty_masks == (test.samples[uneven[0]].mask_path,)
     assert test[uneven[1]].mask.any()
     assert first.image.shape == (11, 7, 3)  # grayscale file, 3 channels
 
@@ -482,6 +485,15 @@ def test_mtd_real_copy_four_empty_uneven_masks_stay_anomalous():
     assert {os.path.basename(s.mask_path) for s in small} - {
         os.path.basename(s.mask_path) for s in empty
     } == {"exp3_num_24829.png"}
+    # the dataset finds the same five in one pass and names them in one warning
+    only_uneven = dataclasses.replace(
+        test.with_transform(data.SQUARE_224), samples=tuple(uneven)
+    )
+    with pytest.warns(data.EmptyMaskWarning) as caught:
+        for _ in only_uneven.batches(32):
+            pass
+    assert len(caught) == 1 and "5 defective image(s)" in str(caught[0].message)
+    assert only_uneven.empty_masks == tuple(s.mask_path for s in small)
 
 
 # --- generic folders -----------------------------------------------------------------
