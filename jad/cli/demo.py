@@ -18,7 +18,7 @@ import jax
 
 from jad import backbones as bb
 from jad import data, evaluation, pipeline
-from jad.cli.commands import make_config, print_table
+from jad.cli.common import make_config, print_table
 from jad.methods import list_methods
 
 

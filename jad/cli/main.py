@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from jad import __version__
-from jad.cli import commands, demo, sparse_demo
+from jad.cli import demo, evaluate, fit, predict, sparse_demo
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -36,11 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
         ("demo", "fit and evaluate every method on built-in data (the main job)",
          demo.add_arguments, demo.run),
         ("fit", "fit a detector on a dataset's training images",
-         commands.add_fit_arguments, commands.run_fit),
+         fit.add_fit_arguments, fit.run_fit),
         ("evaluate", "evaluate a fitted detector on a dataset's test split",
-         commands.add_evaluate_arguments, commands.run_evaluate),
+         evaluate.add_evaluate_arguments, evaluate.run_evaluate),
         ("predict", "anomaly maps and scores for new images",
-         commands.add_predict_arguments, commands.run_predict),
+         predict.add_predict_arguments, predict.run_predict),
         ("sparse-demo", "K-SVD and OMP at PSDL's scale on planted data",
          sparse_demo.add_arguments, sparse_demo.run),
     ]

@@ -1,0 +1,82 @@
+"""``jad fit``: fit a detector on a dataset's training images and save it."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import jax
+
+from jad import backbones as bb
+from jad import data, pipeline
+from jad.cli.common import (
+    DEFAULT_BACKBONE,
+    add_data_arguments,
+    make_config,
+    open_split,
+    parse_levels,
+    transform_to_json,
+)
+from jad.methods import list_methods
+
+
+def add_fit_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``jad fit``."""
+    parser.add_argument("--method", required=True, choices=list_methods(),
+                        help="the detection method")
+    add_data_arguments(parser, required=True)
+    parser.add_argument("--backbone", default=DEFAULT_BACKBONE,
+                        choices=bb.list_backbones(), help="ImageNet backbone")
+    parser.add_argument(
+        "--weights", default=None,
+        help="local backbone weights (.pth/.safetensors/.npz); default: the official "
+        "pretrained weights",
+    )
+    parser.add_argument("--out", required=True, help="folder for the fitted detector")
+    parser.add_argument("--size", type=int, default=256,
+                        help="images are resized to SIZE x SIZE")
+    parser.add_argument("--crop", type=int, default=None,
+                        help="then centre-cropped to CROP x CROP (e.g. 224)")
+    parser.add_argument("--levels", default=None, type=parse_levels,
+                        help="backbone levels, e.g. 2,3 (default: the method's)")
+    parser.add_argument("--preset", default=None,
+                        choices=("official", "anomalib"),
+                        help="PatchCore only: which reference implementation to "
+                        "follow (default: official)")
+    parser.add_argument("--coreset-ratio", type=float, default=None,
+                        help="PatchCore only: fraction of training patches kept "
+                        "(default: 0.1)")
+    parser.add_argument("--num-train", type=int, default=None,
+                        help="use only the first N training images")
+    parser.add_argument("--seed", type=int, default=0, help="random seed")
+
+
+def run_fit(args: argparse.Namespace) -> int:
+    """``jad fit``."""
+    # Every option is checked before minutes of fitting.
+    pipeline.check_output_folder("jad fit", args.out)
+    config = make_config(args.method, preset=args.preset,
+                         coreset_ratio=args.coreset_ratio, levels=args.levels)
+    transform = data.Transform(size=args.size, crop=args.crop)
+    train = open_split(args, "train", transform, args.num_train)
+    variables = bb.load_pretrained(args.backbone, weights=args.weights)
+    detector = pipeline.fit_detector(
+        args.method,
+        train.batches(args.batch_size, num_workers=args.workers),
+        backbone=args.backbone,
+        variables=variables,
+        config=config,
+        key=jax.random.key(args.seed),
+        # A file is recorded by absolute path; a tag ("IMAGENET1K_V2") as given.
+        weights=(os.path.abspath(args.weights)
+                 if args.weights is not None and os.path.exists(args.weights)
+                 else args.weights),
+    )
+    out = pipeline.save_detector(
+        detector, args.out,
+        metadata={"transform": transform_to_json(transform),
+                  "num_train": len(train), "data": os.path.abspath(args.data),
+                  "kind": args.kind, "category": args.category},
+    )
+    print(f"saved the fitted {args.method} detector to {out}")
+    return 0
