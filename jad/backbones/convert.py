@@ -17,6 +17,7 @@ Missing, unexpected and mis-shaped keys raise a ``ValueError`` that lists them.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import struct
@@ -193,16 +194,19 @@ def _read_safetensors(path: str) -> dict[str, np.ndarray]:
             begin, end = (int(o) for o in info["data_offsets"])
         except (KeyError, TypeError, ValueError) as err:
             raise WeightsError(f"{path}: corrupt entry for {key!r} ({err}).") from err
+        if any(d < 0 for d in shape) or begin < 0:
+            raise WeightsError(f"{path}: corrupt entry for {key!r} (negative size).")
         if end > len(body) or begin > end:
             raise WeightsError(f"{path}: truncated safetensors file ({key!r}).")
+        itemsize = 2 if dtype == "bf16" else np.dtype(dtype).itemsize
+        if end - begin != math.prod(shape) * itemsize:
+            raise WeightsError(f"{path}: size of {key!r} does not match its shape.")
         raw = body[begin:end]
         if dtype == "bf16":
             bits = np.frombuffer(raw, np.uint16).astype(np.uint32) << 16
             array = bits.view(np.float32)
         else:
             array = np.frombuffer(raw, dtype)
-        if array.size != int(np.prod(shape)):
-            raise WeightsError(f"{path}: size of {key!r} does not match its shape.")
         out[key] = array.reshape(shape).copy()
     return out
 
@@ -210,9 +214,14 @@ def _read_safetensors(path: str) -> dict[str, np.ndarray]:
 def read_state_dict(path) -> Mapping:
     """Reads a weight file into a mapping ``key -> array``.
 
+    No file type can run code: PyTorch checkpoints (zip or legacy format) go
+    through a restricted unpickler (:mod:`jad.backbones.torch_pickle`: plain data
+    and tensors only, no torch needed), ``.safetensors`` has a JSON header, and
+    ``.npz`` archives are read with ``allow_pickle=False`` (object arrays are
+    refused).
+
     Args:
-      path: a ``.pth``/``.pt``/``.bin`` PyTorch checkpoint (zip or legacy format,
-        read by a restricted unpickler: no torch needed, no code run), a
+      path: a ``.pth``/``.pt``/``.bin``/``.ckpt`` PyTorch checkpoint, a
         ``.safetensors`` file or a ``.npz`` archive.
 
     Returns:

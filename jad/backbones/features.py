@@ -79,6 +79,11 @@ def _check_images(fn: str, images) -> jax.Array:
             f"{fn}: images must be (N, H, W, 3); got shape {tuple(images.shape)}."
         )
     _check_channels(fn, images)
+    if 0 in images.shape[1:3]:
+        # Any H, W >= 1 works (as in torchvision: every stage maps >= 1 to >= 1).
+        raise ValueError(
+            f"{fn}: images must have H and W >= 1; got shape {tuple(images.shape)}."
+        )
     return images
 
 
@@ -123,7 +128,7 @@ def extract_features(
 
     Raises:
       ValueError: unknown name (the message lists valid names), images not
-        (N, H, W, 3), levels outside 0..4.
+        (N, H, W, 3) with H, W >= 1, levels outside 0..4.
     """
     fn = "extract_features"
     check_name(fn, name)
@@ -145,6 +150,9 @@ def logits(name: str, variables, images, *, dtype=None) -> jax.Array:
 
     Returns:
       (N, 1000) logits (before the softmax), equal to torchvision's model output.
+
+    Raises:
+      ValueError: unknown name, images not (N, H, W, 3) with H, W >= 1.
     """
     fn = "logits"
     check_name(fn, name)
