@@ -21,6 +21,9 @@ from __future__ import annotations
 
 import functools
 import math
+import time
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -28,6 +31,7 @@ import jax.numpy as jnp
 from jad import _checks
 
 __all__ = [
+    "CoresetEstimate",
     "dense_random_projection",
     "greedy_coreset",
     "johnson_lindenstrauss_dim",
@@ -108,12 +112,14 @@ def _distances(points, center):
     return jnp.sqrt(jnp.sum(diff * diff, axis=-1))
 
 
-_BLOCK = 1024  # picks per compiled call: a progress update and a chance to stop
+_MAX_BLOCK = 4096  # picks per compiled call at most (the size of its index buffer)
+_FIRST_BLOCK = 4  # picks of the first call (which also compiles)
+_BLOCK_SECONDS = 1.0  # wall time aimed at per call: progress and Ctrl-C this often
 
 
-@functools.partial(jax.jit, static_argnames=("count",))
-def _greedy_block(points, min_d, count):
-    """``count`` greedy picks from the running minimum distances ``min_d``."""
+@functools.partial(jax.jit, static_argnames=("size",))
+def _greedy_block(points, min_d, count, size):
+    """``count`` (traced, <= ``size``) greedy picks from the running distances."""
 
     def body(i, carry):
         min_d, selected = carry
@@ -122,30 +128,62 @@ def _greedy_block(points, min_d, count):
         min_d = jnp.minimum(min_d, _distances(points, points[idx]))
         return min_d, selected
 
-    selected = jnp.zeros((count,), jnp.int32)
+    selected = jnp.zeros((size,), jnp.int32)
     return jax.lax.fori_loop(0, count, body, (min_d, selected))
 
 
-def _greedy(points, initial, n_select, progress):
-    """The greedy loop in blocks of ``_BLOCK`` picks, one host wait per block.
+class CoresetEstimate(NamedTuple):
+    """What a greedy coreset will cost, measured on its first picks.
 
-    The device never waits on the host within a block; between blocks a progress
-    bar moves and Ctrl-C is honoured. Under a caller's ``jit`` (tracers) it is one
-    loop.
+    Attributes:
+      num_points: N, the points to select from.
+      num_select: picks to make.
+      seconds_per_pick: measured wall time of one pick (after compilation).
+      seconds: estimated time of all picks.
+    """
+
+    num_points: int
+    num_select: int
+    seconds_per_pick: float
+    seconds: float
+
+
+def _greedy(points, initial, n_select, progress, report):
+    """The greedy loop in timed blocks, one host wait per block.
+
+    The device never waits on the host within a block. Block sizes adapt to the
+    measured speed so that each takes about ``_BLOCK_SECONDS``: the progress bar
+    moves and Ctrl-C is honoured at least that often, whatever the bank size and
+    device; one compilation serves every block (the pick count is traced). After
+    the first timed block ``report`` (if given) receives a :class:`CoresetEstimate`.
+    Under a caller's ``jit`` (tracers) it is one loop.
     """
     if not _checks.is_concrete(points):
-        return _greedy_block(points, initial, n_select)[1]
+        return _greedy_block(points, initial, n_select, n_select)[1]
     from tqdm.auto import tqdm
 
-    blocks, min_d = [], initial
+    size = min(_MAX_BLOCK, n_select)
+    count, done, timed, blocks, min_d = min(_FIRST_BLOCK, size), 0, False, [], initial
     with tqdm(
         total=n_select, desc="coreset", unit="point", disable=not progress
     ) as bar:
-        for start in range(0, n_select, _BLOCK):
-            count = min(_BLOCK, n_select - start)
-            min_d, selected = _greedy_block(points, min_d, count)
-            blocks.append(jax.block_until_ready(selected))
+        while done < n_select:
+            count = min(count, n_select - done)
+            start = time.perf_counter()
+            min_d, selected = _greedy_block(points, min_d, count, size)
+            blocks.append(jax.block_until_ready(selected)[:count])
+            seconds = time.perf_counter() - start
+            done += count
             bar.update(count)
+            if not timed and blocks[1:]:  # the first call also compiled
+                timed = True
+                per_pick = seconds / count
+                if report is not None:
+                    report(CoresetEstimate(points.shape[0], n_select, per_pick,
+                                           per_pick * n_select))
+            # Aim at _BLOCK_SECONDS per call, growing at most 4x at a time.
+            rate = seconds / count
+            count = max(1, min(size, 4 * count, int(_BLOCK_SECONDS / max(rate, 1e-9))))
     return blocks[0] if len(blocks) == 1 else jnp.concatenate(blocks)
 
 
@@ -158,6 +196,7 @@ def greedy_coreset(
     num_starting_points: int = 10,
     starts=None,
     progress: bool = False,
+    report: Callable[[CoresetEstimate], None] | None = None,
 ) -> jax.Array:
     """Indices of a greedy k-center coreset of ``points`` (already projected).
 
@@ -172,8 +211,12 @@ def greedy_coreset(
       starts: explicit start indices instead of random ones: (num_starting_points,)
         for ``"official"``, a single index for ``"anomalib"`` (to reproduce another
         implementation's run exactly).
-      progress: show a progress bar. The selection runs in blocks of 1024 picks
-        (a host wait per block, none per pick), so Ctrl-C stops it between blocks.
+      progress: show a progress bar. The selection runs in blocks timed to take
+        about a second each (a host wait per block, none per pick), so the bar
+        moves and Ctrl-C stops the selection at least that often.
+      report: called once, after the first timed block, with a
+        :class:`CoresetEstimate` of the whole selection (time per pick measured
+        on this device); e.g. to warn that a fit will be long.
 
     Returns:
       (n_select,) int32 indices into ``points``, in selection order (distinct unless
@@ -226,7 +269,7 @@ def greedy_coreset(
             jax.vmap(lambda s: _distances(points, points[s]), out_axes=1)(starts),
             axis=1,
         )
-        return _greedy(points, initial, n_select, progress)
+        return _greedy(points, initial, n_select, progress, report)
     if starts is None:
         first = jax.random.randint(key, (), 0, n, jnp.int32)
     else:
@@ -234,4 +277,4 @@ def greedy_coreset(
     # Step 0 must select ``first``: it alone starts at +inf, the others at the largest
     # finite value, which the first update replaces by their distance to ``first``.
     initial = jnp.where(jnp.arange(n) == first, jnp.inf, jnp.finfo(points.dtype).max)
-    return _greedy(points, initial, n_select, progress)
+    return _greedy(points, initial, n_select, progress, report)

@@ -151,23 +151,48 @@ def test_num_starting_points_clipped_to_n(rng):
 def test_blocks_and_progress_do_not_change_the_selection(
     monkeypatch, features, variant, capsys
 ):
-    # 60 picks in blocks of 7 (8 full, one of 4): the same indices as one loop.
+    # 60 picks in blocks of at most 7 (the first of 4, the rest as the timing
+    # allows): the same indices as one loop.
     starts = [1, 2, 3] if variant == "official" else 5
     whole = greedy_coreset(features, 60, starts=starts, variant=variant)
-    monkeypatch.setattr(coreset, "_BLOCK", 7)
-    calls = []
+    monkeypatch.setattr(coreset, "_MAX_BLOCK", 7)
+    calls, estimates = [], []
     original = coreset._greedy_block
     monkeypatch.setattr(
         coreset,
         "_greedy_block",
-        lambda p, d, count: calls.append(count) or original(p, d, count),
+        lambda p, d, count, size: calls.append((count, size))
+        or original(p, d, count, size),
     )
     blocked = greedy_coreset(
-        features, 60, starts=starts, variant=variant, progress=True
+        features, 60, starts=starts, variant=variant, progress=True,
+        report=estimates.append,
     )
-    assert calls == [7] * 8 + [4]
+    assert calls[0] == (4, 7) and sum(c for c, _ in calls) == 60
+    assert all(1 <= c <= 7 and size == 7 for c, size in calls) and len(calls) >= 9
     np.testing.assert_array_equal(np.asarray(blocked), np.asarray(whole))
     assert "coreset" in capsys.readouterr().err  # the tqdm bar
+    (estimate,) = estimates
+    assert (estimate.num_points, estimate.num_select) == (len(features), 60)
+    assert estimate.seconds == pytest.approx(estimate.seconds_per_pick * 60)
+
+
+def test_block_sizes_follow_the_measured_speed(monkeypatch, features):
+    # With a tiny time budget per block every block after the first is one pick;
+    # with a large one they grow 4x at a time up to the buffer size.
+    calls = []
+    original = coreset._greedy_block
+    monkeypatch.setattr(
+        coreset, "_greedy_block",
+        lambda p, d, count, size: calls.append(count) or original(p, d, count, size),
+    )
+    monkeypatch.setattr(coreset, "_BLOCK_SECONDS", 1e-12)
+    greedy_coreset(features, 12, starts=[1, 2, 3])
+    assert calls == [4] + [1] * 8
+    calls.clear()
+    monkeypatch.setattr(coreset, "_BLOCK_SECONDS", 1e6)
+    greedy_coreset(features, 100, starts=[1, 2, 3])
+    assert calls == [4, 16, 64, 16]
 
 
 def test_greedy_jit_equals_nojit(features):

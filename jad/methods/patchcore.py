@@ -39,6 +39,7 @@ of an initial image; 50 in F2PAD).
 from __future__ import annotations
 
 import dataclasses
+import sys
 
 import flax.struct
 import jax
@@ -256,7 +257,9 @@ def fit(
       config: a :class:`PatchCoreConfig`.
       embeddings: (N, h, w, D) training embeddings from :func:`embed`; finite.
       key: PRNG key (projection and coreset start).
-      progress: show the coreset's progress bar (Ctrl-C stops it between blocks).
+      progress: print the coreset's size, the embeddings' memory and (after its
+        first second) a time estimate with quicker settings when it is long, and
+        show its progress bar (Ctrl-C stops it within about a second).
 
     Returns:
       :class:`PatchCoreState` with ``int(N h w * coreset_ratio)`` bank entries
@@ -275,8 +278,9 @@ def fit(
     if n == 0:
         raise ValueError("patchcore.fit: embeddings are empty (no training images).")
     # Squared distances reach 4 max ||x||^2: they must not overflow to inf, which
-    # would make every patch equally far from the bank.
-    largest = float(jnp.max(jnp.sum(flat * flat, axis=-1)))
+    # would make every patch equally far from the bank. (Jitted: one pass, no
+    # bank-sized temporary.)
+    largest = float(_largest_squared_norm(flat))
     if not largest * 4 < float(jnp.finfo(jnp.float32).max):
         raise ValueError(
             f"{fn}: squared distances between embeddings overflow float32 (squared "
@@ -295,15 +299,64 @@ def fit(
             out_dim = johnson_lindenstrauss_dim(n, eps=0.9)
         proj = sparse_random_projection(key_proj, dim, out_dim)
     projected = flat @ proj
+    if progress:
+        print(
+            f"patchcore: coreset of {n_select:,} out of {n:,} patches (coreset_ratio "
+            f"{config.coreset_ratio:g}); the {dim}-d training embeddings take "
+            f"{n * dim * 4 / 2**30:.2f} GiB, selection runs on a {out_dim}-d "
+            "projection.",
+            file=sys.stderr, flush=True,
+        )
     indices = greedy_coreset(
         projected,
         n_select,
+        report=_report_estimate(config) if progress else None,
         key=key_start,
         variant=config.preset,
         num_starting_points=config.num_starting_points,
         progress=progress,
     )
     return PatchCoreState(memory_bank=flat[indices], config=config)
+
+
+@jax.jit
+def _largest_squared_norm(flat):
+    return jnp.max(jnp.einsum("nd,nd->n", flat, flat))
+
+
+_LONG_FIT_SECONDS = 300.0
+
+
+def _report_estimate(config: PatchCoreConfig):
+    """The coreset's time estimate, with a way out when it is long."""
+
+    def report(estimate) -> None:
+        line = (
+            f"patchcore: the coreset will take about "
+            f"{_duration(estimate.seconds)} on this device "
+            f"({estimate.seconds_per_pick * 1e3:.2f} ms per selected patch)."
+        )
+        if estimate.seconds > _LONG_FIT_SECONDS:
+            ratio = config.coreset_ratio / 10
+            # The time goes with patches x picks: linear in the ratio, quadratic
+            # in the number of training images.
+            line += (
+                f" For a quicker fit lower coreset_ratio (jad fit --coreset-ratio "
+                f"{ratio:g}: about {_duration(estimate.seconds / 10)}) or train on "
+                "fewer images (jad fit --num-train; half of them: about "
+                f"{_duration(estimate.seconds / 4)}). Ctrl-C stops it."
+            )
+        print(line, file=sys.stderr, flush=True)
+
+    return report
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def _check_state(fn: str, state, embeddings) -> None:

@@ -584,3 +584,19 @@ def test_embed_without_a_level_names_it():
     features = {2: jnp.zeros((1, 8, 8, 4))}
     with pytest.raises(ValueError, match=r"patchcore.embed: features lack level"):
         patchcore.embed(PatchCoreConfig(), features)
+
+
+def test_fit_with_progress_reports_size_memory_and_a_time_estimate(
+    train_embeddings, key, capsys, monkeypatch
+):
+    monkeypatch.setattr(patchcore, "_LONG_FIT_SECONDS", 0.0)  # "long": advise
+    config = PatchCoreConfig(coreset_ratio=0.5)
+    state = patchcore.fit(config, train_embeddings, key=key, progress=True)
+    quiet = patchcore.fit(config, train_embeddings, key=key)
+    np.testing.assert_array_equal(np.asarray(state.memory_bank),
+                                  np.asarray(quiet.memory_bank))
+    err = capsys.readouterr().err
+    n = int(np.prod(train_embeddings.shape[:-1]))
+    assert f"coreset of {n // 2:,} out of {n:,} patches" in err
+    assert "GiB" in err and "the coreset will take about" in err
+    assert "--coreset-ratio 0.05" in err and "--num-train" in err
