@@ -155,14 +155,44 @@ def _check_results(fn: str, maps, scores, what: str) -> None:
         )
 
 
-def _fetch_embeddings(fn: str, embeddings, index: int) -> np.ndarray:
-    """A batch's embeddings on the host, refused if the features overflowed."""
-    embeddings = np.asarray(embeddings)
-    _checks.check_finite(
-        fn, f"the embeddings of training batch {index} (finite images whose "
-        "features overflowed: are they ImageNet-normalised floats?)", embeddings,
-    )
-    return embeddings
+def _training_embeddings(fn, method, config, backbone, variables, train_batches,
+                         seen: dict, progress: bool):
+    """Yields each training batch's embeddings (device arrays), checked finite.
+
+    A batch is yielded once the next one is dispatched, so the device embeds it
+    while the caller fetches or merges the previous one. A short (last) batch is
+    padded to the first batch's size (no second compilation) and the padding's
+    embeddings dropped. ``seen`` receives ``images`` (the count) and
+    ``image_size``; an empty ``train_batches`` raises when the stream ends.
+    """
+    from tqdm.auto import tqdm
+
+    def checked(embeddings, index):  # on the device: no host copy to test it
+        _checks.check_finite(
+            fn, f"the embeddings of training batch {index} (finite images whose "
+            "features overflowed: are they ImageNet-normalised floats?)", embeddings,
+        )
+        return embeddings
+
+    size, pending, index = None, None, 0
+    for batch in tqdm(train_batches, desc=f"{method}: features", disable=not progress,
+                      unit="batch"):
+        images = _check_images(fn, getattr(batch, "images", batch), seen["image_size"])
+        seen["image_size"] = tuple(images.shape[1:3])
+        n = images.shape[0]
+        seen["images"] += n
+        size = n if size is None else size
+        if n < size:
+            filler = np.zeros((size - n, *images.shape[1:]), images.dtype)
+            images = np.concatenate([np.asarray(images), filler])
+        emb = embed_images(method, config, backbone, variables, images)[:n]
+        if pending is not None:
+            yield checked(pending, index)
+            index += 1
+        pending = emb
+    if pending is None:
+        raise ValueError(f"{fn}: the training set is empty.")
+    yield checked(pending, index)
 
 
 def fit_detector(
@@ -213,38 +243,28 @@ def fit_detector(
             f"{fn}: config.levels {tuple(config.levels)} are not backbone levels "
             f"(valid: {', '.join(map(str, bb.registry.LEVELS))})."
         )
-    from tqdm.auto import tqdm
-
-    chunks, image_size, size, pending = [], None, None, None
-    for batch in tqdm(train_batches, desc=f"{method}: features", disable=not progress,
-                      unit="batch"):
-        images = _check_images(fn, getattr(batch, "images", batch), image_size)
-        image_size = tuple(images.shape[1:3])
-        n = images.shape[0]
-        size = n if size is None else size
-        if n < size:  # pad a short (last) batch: no second compilation
-            filler = np.zeros((size - n, *images.shape[1:]), images.dtype)
-            images = np.concatenate([np.asarray(images), filler])
-        emb = embed_images(method, config, backbone, variables, images)[:n]
-        # Fetch the previous batch while this one runs on the device.
-        if pending is not None:
-            chunks.append(_fetch_embeddings(fn, pending, len(chunks)))
-        pending = emb
-    if pending is not None:
-        chunks.append(_fetch_embeddings(fn, pending, len(chunks)))
-    if not chunks:
-        raise ValueError(f"{fn}: the training set is empty.")
-    embeddings = np.concatenate(chunks, axis=0)
-    del chunks
+    seen = {"images": 0, "image_size": None}
+    stream = _training_embeddings(fn, method, config, backbone, variables,
+                                  train_batches, seen, progress)
     start = time.perf_counter()
-    state = spec.fit(config, embeddings, key=key, progress=progress)
+    with contextlib.closing(stream):
+        if spec.fit_batches is not None:
+            # Statistics that are sums: each batch is merged as it comes, so the
+            # memory does not grow with the number of images.
+            state = spec.fit_batches(config, stream, key=key, progress=progress)
+            done = "features and fit of"
+        else:
+            embeddings = np.concatenate([np.asarray(e) for e in stream])
+            start = time.perf_counter()
+            state = spec.fit(config, embeddings, key=key, progress=progress)
+            done = "fitted on"
     jax.block_until_ready(state)
     if progress:
-        print(f"{method}: fitted on {embeddings.shape[0]} images in "
+        print(f"{method}: {done} {seen['images']} images in "
               f"{time.perf_counter() - start:.1f} s")
     return Detector(
         variables=variables, state=state, method=method, backbone=backbone,
-        image_size=image_size, weights=weights,
+        image_size=seen["image_size"], weights=weights,
     )
 
 
@@ -485,31 +505,40 @@ def _read_meta(directory: Path) -> dict:
     return meta
 
 
-def check_output_folder(fn: str, directory) -> Path:
+def check_output_folder(fn: str, directory, *, overwrite: bool = False) -> Path:
     """The absolute path of a folder :func:`save_detector` may write.
 
     Leftovers of an interrupted save of this folder are recovered first
     (:func:`jad.io.recover`).
 
     Args:
-      fn: the caller, for the message.
-      directory: a new path, an empty folder, or a saved detector's folder.
+      fn: the caller or the option that named the folder, for the message.
+      directory: a new path, an empty folder, or (with ``overwrite``) a saved
+        detector's folder.
+      overwrite: allow replacing a saved detector.
 
     Returns:
       The absolute :class:`~pathlib.Path`.
 
     Raises:
-      ValueError: ``directory`` exists and is neither empty nor a saved detector.
+      ValueError: ``directory`` holds a saved detector and ``overwrite`` is False,
+        or it exists and is neither empty nor a saved detector (never replaced).
     """
     directory = Path(directory).absolute()
     io_checkpoint.recover(directory)
-    if os.path.lexists(directory) and not (
-        (directory / "detector.json").is_file()
-        or (directory.is_dir() and not any(directory.iterdir()))
+    if not os.path.lexists(directory) or (
+        directory.is_dir() and not any(directory.iterdir())
     ):
+        return directory
+    if not (directory / "detector.json").is_file():
         raise ValueError(
             f"{fn}: {directory} exists and is not a saved detector; choose "
-            "a new or empty folder (an existing detector folder is replaced)."
+            "a new or empty folder."
+        )
+    if not overwrite:
+        raise ValueError(
+            f"{fn}: {directory} already holds a saved detector; choose another "
+            "folder, or replace it with overwrite=True (jad fit --overwrite)."
         )
     return directory
 
@@ -526,7 +555,11 @@ def _state_arrays(fn: str, state) -> dict[str, np.ndarray]:
 
 
 def save_detector(
-    detector: Detector, directory, *, metadata: dict | None = None
+    detector: Detector,
+    directory,
+    *,
+    metadata: dict | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Saves a detector: method state with orbax, the rest as ``detector.json``.
 
@@ -540,23 +573,25 @@ def save_detector(
     Args:
       detector: a fitted :class:`Detector`.
       directory: output folder (relative paths are resolved against the working
-        directory): created, or replaced if it holds a saved detector (or is
-        empty). Any other existing folder is refused, so ``--out .`` cannot wipe a
-        working tree.
+        directory): created, or used if empty. A saved detector there is replaced
+        only with ``overwrite``; any other existing folder is refused, so
+        ``--out .`` cannot wipe a working tree.
       metadata: JSON-serialisable extras stored with it (the CLI keeps the
         preprocessing there); read back with :func:`read_metadata`.
+      overwrite: replace a detector saved in ``directory`` (atomically).
 
     Returns:
       The folder's absolute path.
 
     Raises:
-      ValueError: ``directory`` is not replaceable, ``metadata`` is not
+      ValueError: ``directory`` holds a detector and ``overwrite`` is False, or
+        is another non-empty folder, ``metadata`` is not
         JSON-serialisable, or the state holds NaN or inf.
     """
     import orbax.checkpoint as ocp
 
     fn = "save_detector"
-    directory = check_output_folder(fn, directory)
+    directory = check_output_folder(fn, directory, overwrite=overwrite)
     arrays = _state_arrays(fn, detector.state)
     meta = {
         "format_version": _FORMAT_VERSION,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -100,3 +101,63 @@ def test_module_entry_point_and_help_without_none_defaults():
     out = _help("jad.cli", "fit")
     assert "--method" in out and "(default: efficientnet_lite0)" in out
     assert "(default: None)" not in out
+
+
+def test_fit_data_options_name_what_is_missing(tmp_path, capsys):
+    mvtec = tmp_path / "mvtec"
+    for category in ("bottle", "cable"):
+        for split in ("train", "test"):
+            (mvtec / category / split / "good").mkdir(parents=True)
+    mtd = tmp_path / "mtd"
+    (mtd / "MT_Free" / "Imgs").mkdir(parents=True)
+    out = str(tmp_path / "out")
+    for argv, message in (
+        (["--data", str(mvtec)],
+         "--category is required for --kind mvtec; categories under "
+         f"{mvtec}: bottle, cable."),
+        (["--data", str(mtd)],
+         f"{mtd} holds no mvtec category; it has the layout of --kind mtd"),
+        (["--data", str(mtd), "--category", "bottle"], "layout of --kind mtd"),
+    ):
+        assert main(["fit", "--method", "padim", "--out", out, *argv]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("jad fit: error: ") and message in err, err
+
+
+@pytest.mark.parametrize(
+    "flag, value, message",
+    [("--batch-size", "0", "expected an integer >= 1"),
+     ("--workers", "-1", "expected an integer >= 0"),
+     ("--num-train", "0", "expected an integer >= 1"),
+     ("--size", "x", "expected an integer >= 1"),
+     ("--coreset-ratio", "2", r"expected a number in \(0, 1\]"),
+     ("--coreset-ratio", "nan", r"expected a number in \(0, 1\]")],
+)
+def test_fit_bad_numbers_name_the_flag(tmp_path, capsys, flag, value, message):
+    base = ["fit", "--method", "patchcore", "--data", str(tmp_path), "--out",
+            str(tmp_path / "o")]
+    with pytest.raises(SystemExit) as exc:
+        main([*base, flag, value])
+    assert exc.value.code == 2
+    assert re.search(f"argument {flag}: {message}", capsys.readouterr().err)
+
+
+def test_fit_out_errors_have_one_prefix_and_detectors_need_overwrite(
+    tmp_path, capsys
+):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    base = ["fit", "--method", "padim", "--data", str(tmp_path / "nowhere")]
+    assert main([*base, "--out", str(afile)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"jad fit: error: --out: {afile} exists and is not a")
+    assert err.count("jad fit") == 1
+    detector = tmp_path / "det"
+    detector.mkdir()
+    (detector / "detector.json").write_text("{}")
+    assert main([*base, "--out", str(detector)]) == 2
+    err = capsys.readouterr().err
+    assert "already holds a saved detector" in err and "--overwrite" in err
+    # with --overwrite the options pass and the (missing) data is the error
+    assert main([*base, "--out", str(detector), "--overwrite"]) == 2
+    assert "nowhere" in capsys.readouterr().err

@@ -167,7 +167,10 @@ def test_save_load_round_trip(
     detector = small_detectors[method]
     folder = tmp_path / "detector"
     pipeline.save_detector(detector, folder, metadata={"note": [1, 2]})
-    pipeline.save_detector(detector, folder, metadata={"note": [3]})  # replaces
+    with pytest.raises(ValueError, match="already holds a saved detector.*overwrite"):
+        pipeline.save_detector(detector, folder, metadata={"note": [3]})
+    assert pipeline.read_metadata(folder) == {"note": [1, 2]}
+    pipeline.save_detector(detector, folder, metadata={"note": [3]}, overwrite=True)
     assert pipeline.read_metadata(folder) == {"note": [3]}
     assert not [p for p in tmp_path.iterdir() if p.name != "detector"]  # no debris
     # A folder that is neither empty nor a saved detector is never replaced.
@@ -721,7 +724,8 @@ detectors = [pipeline.load_detector(a), pipeline.load_detector(b)]
 print("ready", flush=True)
 i = 0
 while True:
-    pipeline.save_detector(detectors[i % 2], target, metadata={"tag": i % 2})
+    pipeline.save_detector(detectors[i % 2], target, metadata={"tag": i % 2},
+                           overwrite=True)
     i += 1
 """
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 
 from jad import backbones as bb
 from jad import data
@@ -27,9 +28,41 @@ def add_data_arguments(parser: argparse.ArgumentParser, *, required: bool) -> No
         "--kind", default="mvtec" if required else None, choices=data.KINDS,
         help="folder layout of --data" + ("" if required else " (default: the fit's)"),
     )
-    parser.add_argument("--batch-size", type=int, default=8, help="images per batch")
-    parser.add_argument("--workers", type=int, default=2,
-                        help="threads decoding images")
+    parser.add_argument("--batch-size", type=positive_int, default=8,
+                        help="images per batch")
+    parser.add_argument("--workers", type=non_negative_int, default=2,
+                        help="threads decoding images (0: decode in the main thread)")
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1 (argparse names the flag on error)."""
+    return _int_at_least(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    """An argparse type: an integer >= 0."""
+    return _int_at_least(text, 0)
+
+
+def _int_at_least(text: str, low: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or value < low:
+        raise argparse.ArgumentTypeError(f"expected an integer >= {low}; got {text!r}")
+    return value
+
+
+def fraction(text: str) -> float:
+    """An argparse type: a number in (0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1]; got {text!r}")
+    return value
 
 
 def parse_levels(text: str) -> tuple[int, ...]:
@@ -75,8 +108,39 @@ def make_config(method: str, *, preset=None, coreset_ratio=None, levels=None):
     return spec.config_type(**overrides)
 
 
+def _categories(kind: str, root) -> tuple[str, ...]:
+    try:
+        return data.list_categories(kind, root)
+    except (ValueError, OSError):
+        return ()
+
+
+def check_data_options(kind: str, root, category) -> None:
+    """Refuses a missing ``--category`` or a ``--kind`` that does not fit ``--data``.
+
+    The message lists the categories found, or the kind whose layout the folder has.
+    """
+    if not os.path.isdir(root):
+        return  # the loader names the missing folder
+    found = _categories(kind, root)
+    if found and (kind == "mtd" or category is not None):
+        return  # the loader names an unknown category and lists these
+    if found:
+        raise ValueError(
+            f"--category is required for --kind {kind}; categories under {root}: "
+            f"{', '.join(found)}."
+        )
+    others = [k for k in data.KINDS if k != kind and _categories(k, root)]
+    hint = (
+        f"; it has the layout of --kind {others[0]} (categories: "
+        f"{', '.join(_categories(others[0], root))})" if others else ""
+    )
+    raise ValueError(f"{root} holds no {kind} category{hint}.")
+
+
 def open_split(args, split: str, transform: data.Transform, num_train=None):
     """The dataset split named by the data options."""
+    check_data_options(args.kind, args.data, args.category)
     options = {}
     if num_train is not None and split == "train":
         options["num_train"] = num_train
@@ -95,20 +159,35 @@ def transform_from_json(values: dict) -> data.Transform:
     return data.Transform(**values)
 
 
-def print_table(rows: list[dict]) -> None:
-    """Prints one row per result: method and metrics."""
-    header = ("method", "image_auroc", "pixel_auroc", "pro", "pixel_ap",
-              "ms/img", "fit s")
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
+def print_table(
+    rows: list[dict], *, label: str = "method", counts: bool = False
+) -> None:
+    """Prints a Markdown table, one row per result: its label, metrics and times.
 
-    def fmt(value, digits=3):
-        return "-" if value is None else f"{value:.{digits}f}"
+    Columns: ``label`` (each row's value under that key), ``images``
+    (``num_images``; only with ``counts``), image AUROC, pixel AUROC, PRO, pixel
+    AP, then ``ms/img`` (``seconds_per_image``) when a row has it and ``fit s (incl.
+    features)`` (``fit_seconds``: ``jad demo``'s wall time of ``fit_detector``,
+    backbone feature extraction included) when a row has it. A missing or ``None``
+    value prints as ``-``.
+    """
 
-    for row in rows:
-        print(
-            f"| {row['method']} | {fmt(row['image_auroc'])} | "
-            f"{fmt(row['pixel_auroc'])} | {fmt(row['pro'])} | "
-            f"{fmt(row['pixel_ap'])} | {fmt(row['seconds_per_image'] * 1e3, 1)} | "
-            f"{fmt(row.get('fit_seconds'), 1)} |"
+    def fmt(value, digits=3, scale=1.0):
+        return "-" if value is None else f"{value * scale:.{digits}f}"
+
+    columns = [(label, lambda row: str(row[label]))]
+    if counts:
+        columns.append(("images", lambda row: str(row["num_images"])))
+    for name in ("image_auroc", "pixel_auroc", "pro", "pixel_ap"):
+        columns.append((name, lambda row, name=name: fmt(row.get(name))))
+    if any(row.get("seconds_per_image") is not None for row in rows):
+        columns.append(
+            ("ms/img", lambda row: fmt(row.get("seconds_per_image"), 1, 1e3))
         )
+    if any(row.get("fit_seconds") is not None for row in rows):
+        columns.append(("fit s (incl. features)",
+                        lambda row: fmt(row.get("fit_seconds"), 1)))
+    print("| " + " | ".join(title for title, _ in columns) + " |")
+    print("|" + "---|" * len(columns))
+    for row in rows:
+        print("| " + " | ".join(cell(row) for _, cell in columns) + " |")

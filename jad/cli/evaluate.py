@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import datetime
 import json
 from pathlib import Path
 
-from jad import evaluation, pipeline
+from jad import __version__, evaluation, pipeline
 from jad.cli.common import (
     add_data_arguments,
     open_split,
@@ -14,19 +16,90 @@ from jad.cli.common import (
     transform_from_json,
 )
 
+_EPILOG = (
+    "Prints a table of the metrics over the test split (image AUROC, pixel AUROC, "
+    "PRO = normalised AUPRO up to FPR 0.3, pixel AP, ms per image) and a second "
+    "table with one row per defect type, where each type's images are evaluated "
+    "together with all the good images (the MVTec AD / anomalib breakdown). --json "
+    "writes the same metrics (per_defect included) with the detector, data, split, "
+    "image size, jad version and UTC time that produced them. --overlays DIR writes "
+    "--num-overlays overlay PNGs and pro_curve.png into DIR (see --overlays)."
+)
+
+
+def _num_overlays(text: str) -> int:
+    """The value of ``--num-overlays``: an int >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(
+            f"expected a number of images >= 0 (0: all); got {text!r}"
+        )
+    return value
+
 
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``jad evaluate``."""
+    parser.epilog = _EPILOG
     parser.add_argument("--state", required=True,
                         help="folder written by jad fit")
     add_data_arguments(parser, required=False)
-    parser.add_argument("--json", default=None, help="write the metrics here")
-    parser.add_argument("--overlays", default=None,
-                        help="write PNG overlays into this folder")
+    parser.add_argument(
+        "--json", default=None,
+        help="write the metrics, per-defect metrics and their provenance (detector, "
+        "data, split, image size, jad version, time) to this JSON file",
+    )
+    parser.add_argument(
+        "--overlays", default=None, metavar="DIR",
+        help="write into DIR: (1) --num-overlays PNGs named INDEX_TYPE_STEM.png, "
+        "each a test image blended with its anomaly map (jet colours on one scale "
+        "shared by the whole split), its ground-truth contour in white, and on the "
+        "right a colour bar labelled with the scale's min and max; the images are "
+        "picked round-robin over the defect types (by name) and then the good "
+        "images, and within a type at evenly spaced ranks from the highest to the "
+        "lowest image score (one per type: the highest); (2) pro_curve.png, the PRO "
+        "curves up to FPR 0.3 of the whole split and of each defect type (needs "
+        "matplotlib; skipped with a note without it)",
+    )
+    parser.add_argument(
+        "--num-overlays", type=_num_overlays, default=None, metavar="N",
+        help="number of overlay PNGs written by --overlays (default: 16; 0: every "
+        "test image)",
+    )
+
+
+def _provenance(args, meta: dict, detector: pipeline.Detector) -> dict:
+    """What produced the metrics: detector, data, split, image size, version, time."""
+    return {
+        "detector": {
+            "folder": str(Path(args.state).absolute()),
+            "method": detector.method,
+            "backbone": detector.backbone,
+            "weights": detector.weights,
+            "config": dataclasses.asdict(detector.config),
+            "transform": meta.get("transform"),
+            "num_train": meta.get("num_train"),
+        },
+        "data": {
+            "root": str(Path(args.data).absolute()),
+            "kind": args.kind,
+            "category": args.category,
+            "split": "test",
+        },
+        "image_size": [int(s) for s in detector.image_size],
+        "jad_version": __version__,
+        "written_at": datetime.datetime.now(datetime.timezone.utc).isoformat(
+            timespec="seconds"
+        ),
+    }
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
     """``jad evaluate``."""
+    if args.num_overlays is not None and not args.overlays:
+        raise ValueError("--num-overlays applies with --overlays DIR only.")
     meta = pipeline.read_metadata(args.state)
     transform = transform_from_json(meta.get("transform", {}))
     for name in ("data", "kind", "category"):  # default to what the fit used
@@ -37,6 +110,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     args.kind = args.kind or "mvtec"
     if args.json and Path(args.json).is_dir():
         raise ValueError(f"--json must be a file path; {args.json} is a folder.")
+    if args.overlays and Path(args.overlays).is_file():
+        raise ValueError(f"--overlays must be a folder; {args.overlays} is a file.")
     detector = pipeline.load_detector(args.state)
     test = open_split(args, "test", transform)
     result = evaluation.evaluate(detector, test, batch_size=args.batch_size,
@@ -44,15 +119,35 @@ def run_evaluate(args: argparse.Namespace) -> int:
     row = {"method": detector.method, "backbone": detector.backbone,
            **result.metrics}
     print_table([row])
+    per_defect = result.metrics["per_defect"]
+    if per_defect:
+        print(f"\nper defect type (each type's images with the "
+              f"{row['num_images'] - row['num_anomalous']} good images):")
+        print_table([{"defect_type": name, **values}
+                     for name, values in per_defect.items()],
+                    label="defect_type", counts=True)
     if result.metrics["empty_masks"]:
         print(f"note: {len(result.metrics['empty_masks'])} defective image(s) have "
               "an empty mask after the > 127 threshold (listed in the JSON as "
               "empty_masks); their pixels count as normal in the pixel metrics.")
     if args.json:
+        record = {**row, **_provenance(args, meta, detector)}
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(row, indent=2))
+        Path(args.json).write_text(json.dumps(record, indent=2))
         print(f"wrote {args.json}")
     if args.overlays:
-        written = evaluation.save_overlays(result, test, args.overlays)
+        limit = 16 if args.num_overlays is None else args.num_overlays or None
+        written = evaluation.save_overlays(result, test, args.overlays, limit=limit)
         print(f"wrote {len(written)} overlays to {args.overlays}")
+        if result.metrics["pro"] is None:
+            print("note: no pro_curve.png (the split has no anomalous pixel).")
+        else:
+            try:
+                path = evaluation.save_pro_curves(
+                    result, Path(args.overlays) / "pro_curve.png"
+                )
+            except ImportError as err:
+                print(f"note: no pro_curve.png ({err})")
+            else:
+                print(f"wrote {path}")
     return 0

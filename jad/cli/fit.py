@@ -12,9 +12,11 @@ from jad import data, pipeline
 from jad.cli.common import (
     DEFAULT_BACKBONE,
     add_data_arguments,
+    fraction,
     make_config,
     open_split,
     parse_levels,
+    positive_int,
     transform_to_json,
 )
 from jad.methods import list_methods
@@ -33,9 +35,11 @@ def add_fit_arguments(parser: argparse.ArgumentParser) -> None:
         "pretrained weights",
     )
     parser.add_argument("--out", required=True, help="folder for the fitted detector")
-    parser.add_argument("--size", type=int, default=256,
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a detector already saved in --out")
+    parser.add_argument("--size", type=positive_int, default=256,
                         help="images are resized to SIZE x SIZE")
-    parser.add_argument("--crop", type=int, default=None,
+    parser.add_argument("--crop", type=positive_int, default=None,
                         help="then centre-cropped to CROP x CROP (e.g. 224)")
     parser.add_argument("--levels", default=None, type=parse_levels,
                         help="backbone levels, e.g. 2,3 (default: the method's)")
@@ -43,18 +47,21 @@ def add_fit_arguments(parser: argparse.ArgumentParser) -> None:
                         choices=("official", "anomalib"),
                         help="PatchCore only: which reference implementation to "
                         "follow (default: official)")
-    parser.add_argument("--coreset-ratio", type=float, default=None,
+    parser.add_argument("--coreset-ratio", type=fraction, default=None,
                         help="PatchCore only: fraction of training patches kept "
                         "(default: 0.1)")
-    parser.add_argument("--num-train", type=int, default=None,
+    parser.add_argument("--num-train", type=positive_int, default=None,
                         help="use only the first N training images")
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="PRNG seed of the method's fit (PatchCore: the coreset's "
+                        "projection and start; PaDiM is deterministic). Data splits "
+                        "do not depend on it: MTD's split is fixed at seed 0")
 
 
 def run_fit(args: argparse.Namespace) -> int:
     """``jad fit``."""
     # Every option is checked before minutes of fitting.
-    pipeline.check_output_folder("jad fit", args.out)
+    pipeline.check_output_folder("--out", args.out, overwrite=args.overwrite)
     config = make_config(args.method, preset=args.preset,
                          coreset_ratio=args.coreset_ratio, levels=args.levels)
     transform = data.Transform(size=args.size, crop=args.crop)
@@ -73,7 +80,7 @@ def run_fit(args: argparse.Namespace) -> int:
                  else args.weights),
     )
     out = pipeline.save_detector(
-        detector, args.out,
+        detector, args.out, overwrite=args.overwrite,
         metadata={"transform": transform_to_json(transform),
                   "num_train": len(train), "data": os.path.abspath(args.data),
                   "kind": args.kind, "category": args.category},
