@@ -178,6 +178,26 @@ class SkippedFile(NamedTuple):
     reason: str
 
 
+class _SizedIterator:
+    """An iterator that knows its length (progress bars read ``len``)."""
+
+    def __init__(self, iterator: Iterator, length: int):
+        self._iterator, self._length = iterator, length
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return next(self._iterator)
+
+    def __len__(self) -> int:
+        return self._length
+
+    def close(self) -> None:
+        """Leaves the pass early (as a generator's ``close``)."""
+        self._iterator.close()
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Dataset:
     """A lazily loaded anomaly-detection split: a file list plus how to read it.
@@ -359,7 +379,9 @@ class Dataset:
             current one. PIL releases the GIL while decoding and resizing.
 
         Returns:
-          An iterator of :class:`Batch`. With ``on_error="skip"`` an unreadable file
+          An iterator of :class:`Batch` with a ``len`` (the number of batches, so
+          progress bars show a total and an ETA). With ``on_error="skip"`` an
+          unreadable file
           is warned about, appended to ``skipped`` and left out of its batch (which is
           then smaller). Defective images with empty masks are kept; when the pass
           ends (or is left early), one :class:`EmptyMaskWarning` names those not
@@ -376,7 +398,11 @@ class Dataset:
         num_workers = _checks.check_int(
             "Dataset.batches", "num_workers", num_workers, low=0
         )
-        return self._batches(batch_size, bool(drop_last), num_workers)
+        n = len(self.samples)
+        count = n // batch_size if drop_last else -(-n // batch_size)
+        return _SizedIterator(
+            self._batches(batch_size, bool(drop_last), num_workers), count
+        )
 
     def _batches(
         self, batch_size: int, drop_last: bool, num_workers: int

@@ -170,6 +170,12 @@ def test_mvtec_batches_shapes_and_order(mvtec):
     assert b.defect_types == ("broken_large", "broken_large", "contamination")
     assert b.paths == test.paths[:3]
     assert len(list(test.batches(3, drop_last=True))) == 1
+    # the batch count is known up front (progress bars show a total and an ETA)
+    assert len(test.batches(3)) == 2 and len(test.batches(3, drop_last=True)) == 1
+    assert len(test.batches(1)) == len(test) == 4
+    from tqdm import tqdm
+
+    assert tqdm(test.batches(2), disable=True).total == 2
     threaded = list(test.batches(2, num_workers=2))
     np.testing.assert_array_equal(
         np.concatenate([t.images for t in threaded]),
