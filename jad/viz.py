@@ -2,8 +2,9 @@
 
 Overlays need only numpy and Pillow (a core dependency): the colour map is a table
 computed here (matplotlib's ``jet``, the map used in anomaly detection papers, or any
-(256, 3) uint8 table you pass). PRO curve plots use matplotlib, imported when called
-(``pip install matplotlib``).
+(256, 3) uint8 table you pass), and the optional colour bar beside an overlay is drawn
+with Pillow (its default font for the labels). PRO curve plots use matplotlib,
+imported when called (``pip install matplotlib``).
 
 Conventions: ``image`` is displayable, (H, W, 3) or (H, W) or (H, W, 1), uint8 or
 float in [0, 1] (undo ImageNet normalisation first); ``anomaly_map`` is (H, W) float at
@@ -23,7 +24,7 @@ import numpy as np
 from jad import _checks, metrics
 from jad.metrics import _common
 
-__all__ = ["colorize", "jet", "overlay", "save_overlay", "save_pro_curve"]
+__all__ = ["colorbar", "colorize", "jet", "overlay", "save_overlay", "save_pro_curve"]
 
 # matplotlib's "jet" as (x, value) anchors per channel (its _jet_data), so the table
 # below equals matplotlib.colormaps["jet"] to within one level.
@@ -124,17 +125,109 @@ def colorize(
     return _colorize(fn, anomaly_map, vmin, vmax, table)
 
 
-def _colorize(fn, anomaly_map, vmin, vmax, table) -> np.ndarray:
+def _scale(fn, anomaly_map, vmin, vmax) -> tuple[float, float]:
+    """The colour scale's ends: ``vmin``/``vmax``, defaulting to the map's range."""
     lo = float(anomaly_map.min()) if vmin is None else float(vmin)
     hi = float(anomaly_map.max()) if vmax is None else float(vmax)
     if not (np.isfinite(lo) and np.isfinite(hi)) or lo > hi:
         raise ValueError(
             f"{fn}: vmin and vmax must be finite with vmin <= vmax; got {lo}, {hi}."
         )
+    return lo, hi
+
+
+def _colorize(fn, anomaly_map, vmin, vmax, table) -> np.ndarray:
+    lo, hi = _scale(fn, anomaly_map, vmin, vmax)
     scaled = (anomaly_map.astype(np.float64) - lo) / (hi - lo if hi > lo else 1.0)
     n = table.shape[0]
     index = np.clip(np.floor(scaled * n), 0, n - 1).astype(np.intp)
     return table[index]
+
+
+def _colorbar_layout(height: int) -> tuple[int, int, int, int]:
+    """(pad, bar width, gap, font size) of a colour bar panel ``height`` rows high."""
+    return (
+        max(1, height // 32),
+        max(6, height // 16),
+        max(2, height // 64),
+        min(20, max(9, height // 12 + 5)),
+    )
+
+
+def _colorbar(height: int, lo: float, hi: float, table: np.ndarray) -> np.ndarray:
+    from PIL import Image, ImageDraw, ImageFont
+
+    pad, bar_width, gap, font_size = _colorbar_layout(height)
+    try:
+        font = ImageFont.load_default(size=font_size)
+    except TypeError:  # Pillow < 10.1: one fixed-size bitmap font
+        font = ImageFont.load_default()
+    labels = (f"{hi:.4g}", f"{lo:.4g}")
+    boxes = [font.getbbox(text) for text in labels]  # (left, top, right, bottom)
+    text_left = gap + bar_width + gap
+    width = text_left + max(box[2] for box in boxes) + gap
+    panel = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(panel)
+    # the max level with the bar's top, the min level with its bottom
+    draw.text((text_left, pad - boxes[0][1]), labels[0], fill=(0, 0, 0), font=font)
+    draw.text(
+        (text_left, height - pad - boxes[1][3]), labels[1], fill=(0, 0, 0), font=font
+    )
+    out = np.array(panel)
+    n = height - 2 * pad
+    centres = hi - (np.arange(n) + 0.5) / n * (hi - lo)  # top row: near vmax
+    out[pad : height - pad, gap : gap + bar_width] = _colorize(
+        "colorbar", centres[:, None], lo, hi, table
+    )
+    return out
+
+
+def colorbar(
+    height: int,
+    *,
+    vmin: float,
+    vmax: float,
+    colormap: str | np.ndarray = "jet",
+) -> np.ndarray:
+    """A vertical colour bar labelled with its scale's ends, to stand beside a map.
+
+    A white panel ``height`` rows high. On its left a bar runs from the colour of
+    ``vmax`` at the top to that of ``vmin`` at the bottom: with n bar rows, row r
+    shows ``vmax - (r + 0.5) (vmax - vmin) / n`` coloured as :func:`colorize` does
+    with this ``vmin`` and ``vmax``. Right of the bar, ``vmax`` is printed level with
+    its top and ``vmin`` level with its bottom (4 significant digits, black, Pillow's
+    default font at a size that grows with ``height``). The bar leaves a margin of
+    ``max(1, height // 32)`` rows above and below, and is ``max(6, height // 16)``
+    columns wide.
+
+    Args:
+      height: rows H of the panel (the overlay's height), >= 8.
+      vmin: value at the bottom of the bar.
+      vmax: value at the top of the bar, >= ``vmin`` (equal: the whole bar has the
+        bottom colour, as :func:`colorize` draws a constant map).
+      colormap: ``"jet"`` or an (n, 3) uint8 RGB table.
+
+    Returns:
+      (H, w, 3) uint8 RGB panel; w depends on H and on the labels' width.
+
+    Raises:
+      ValueError: ``height`` < 8, ``vmin``/``vmax`` not finite or ``vmin > vmax``,
+        unknown ``colormap``.
+      TypeError: non-int ``height``, non-uint8 table.
+
+    Example:
+      >>> from jad.viz import colorbar
+      >>> panel = colorbar(64, vmin=0.0, vmax=1.0)
+      >>> panel.shape[0], panel.dtype
+      (64, dtype('uint8'))
+      >>> panel[2, 2].tolist(), panel[61, 2].tolist()  # the bar's top and bottom
+      ([136, 0, 0], [0, 0, 136])
+    """
+    fn = "colorbar"
+    height = _checks.check_int(fn, "height", height, low=8)
+    table = _colormap_table(fn, colormap)
+    lo, hi = _scale(fn, np.zeros(1), vmin, vmax)
+    return _colorbar(height, lo, hi, table)
 
 
 def _image(fn: str, image, shape: tuple[int, int]) -> np.ndarray:
@@ -199,12 +292,15 @@ def overlay(
     colormap: str | np.ndarray = "jet",
     contour_color: collections.abc.Sequence[int] = (255, 255, 255),
     contour_width: int = 1,
+    colorbar: bool = False,
 ) -> np.ndarray:
     """Blends an anomaly heat map over an image and draws the ground-truth contour.
 
     ``out = (1 - alpha) image + alpha colorize(anomaly_map)``, rounded to uint8; then
     the pixels on the boundary of ``mask`` (mask pixels with a 4-neighbour outside the
-    mask or the image) are painted ``contour_color``.
+    mask or the image) are painted ``contour_color``. With ``colorbar``, the
+    :func:`colorbar` of the scale used (``vmin`` and ``vmax``, or the map's range)
+    is appended on the right.
 
     Args:
       image: (H, W, 3), (H, W, 1) or (H, W) uint8, or float in [0, 1] (values up to
@@ -217,9 +313,10 @@ def overlay(
       colormap: ``"jet"`` or an (n, 3) uint8 RGB table.
       contour_color: RGB of the contour, three ints in [0, 255].
       contour_width: contour thickness in pixels, >= 1.
+      colorbar: append a labelled colour bar (:func:`colorbar`) on the right.
 
     Returns:
-      (H, W, 3) uint8 RGB image.
+      (H, W, 3) uint8 RGB image; (H, W + w, 3) with ``colorbar``.
 
     Raises:
       ValueError: shapes that do not match, a float image outside [0, 1], NaN or inf
@@ -248,11 +345,12 @@ def overlay(
         colormap,
         contour_color,
         contour_width,
+        colorbar,
     )
 
 
 def _overlay(
-    fn, image, anomaly_map, mask, vmin, vmax, alpha, colormap, color, width
+    fn, image, anomaly_map, mask, vmin, vmax, alpha, colormap, color, width, bar
 ) -> np.ndarray:
     anomaly_map = _map(fn, anomaly_map)
     table = _colormap_table(fn, colormap)
@@ -277,6 +375,9 @@ def _overlay(
                 f"got {mask.shape}."
             )
         out[_contour(mask, width)] = color.astype(np.uint8)
+    if bar:
+        lo, hi = _scale(fn, anomaly_map, vmin, vmax)
+        out = np.concatenate([out, _colorbar(out.shape[0], lo, hi, table)], axis=1)
     return out
 
 
@@ -292,6 +393,7 @@ def save_overlay(
     colormap: str | np.ndarray = "jet",
     contour_color: collections.abc.Sequence[int] = (255, 255, 255),
     contour_width: int = 1,
+    colorbar: bool = False,
 ) -> pathlib.Path:
     """Writes :func:`overlay` of an image, its anomaly map and its mask as a PNG.
 
@@ -306,6 +408,7 @@ def save_overlay(
       colormap: ``"jet"`` or an (n, 3) uint8 RGB table.
       contour_color: RGB of the contour, three ints in [0, 255].
       contour_width: contour thickness in pixels, >= 1.
+      colorbar: append a labelled colour bar (:func:`colorbar`) on the right.
 
     Returns:
       The written file's path.
@@ -335,6 +438,7 @@ def save_overlay(
         colormap,
         contour_color,
         contour_width,
+        colorbar,
     )
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,7 @@ from pathlib import Path
 from jad import __version__, evaluation, pipeline
 from jad.cli.common import (
     add_data_arguments,
+    non_negative_int,
     open_split,
     print_table,
     transform_from_json,
@@ -27,19 +28,6 @@ _EPILOG = (
 )
 
 
-def _num_overlays(text: str) -> int:
-    """The value of ``--num-overlays``: an int >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(
-            f"expected a number of images >= 0 (0: all); got {text!r}"
-        )
-    return value
-
-
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``jad evaluate``."""
     parser.epilog = _EPILOG
@@ -53,18 +41,19 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--overlays", default=None, metavar="DIR",
-        help="write into DIR: (1) --num-overlays PNGs named INDEX_TYPE_STEM.png, "
-        "each a test image blended with its anomaly map (jet colours on one scale "
-        "shared by the whole split), its ground-truth contour in white, and on the "
-        "right a colour bar labelled with the scale's min and max; the images are "
-        "picked round-robin over the defect types (by name) and then the good "
-        "images, and within a type at evenly spaced ranks from the highest to the "
-        "lowest image score (one per type: the highest); (2) pro_curve.png, the PRO "
-        "curves up to FPR 0.3 of the whole split and of each defect type (needs "
-        "matplotlib; skipped with a note without it)",
+        help="write into DIR: (1) --num-overlays PNGs named INDEX_TYPE_STEM.png "
+        "(INDEX: the image's position in the test split, TYPE: its defect type or "
+        "good), each the test image blended with its anomaly map (jet colours on "
+        "one scale shared by the whole split), its ground-truth contour in white, "
+        "and on the right a colour bar labelled with the scale's min and max; the "
+        "images are picked round-robin over the defect types (by name) and then "
+        "the good images, and within a type at evenly spaced ranks from the "
+        "highest to the lowest image score (one per type: the highest); (2) "
+        "pro_curve.png, the PRO curves up to FPR 0.3 of the whole split and of "
+        "each defect type (needs matplotlib; skipped with a note without it)",
     )
     parser.add_argument(
-        "--num-overlays", type=_num_overlays, default=None, metavar="N",
+        "--num-overlays", type=non_negative_int, default=None, metavar="N",
         help="number of overlay PNGs written by --overlays (default: 16; 0: every "
         "test image)",
     )

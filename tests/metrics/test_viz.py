@@ -1,4 +1,5 @@
-"""Tests of jad.viz: overlays (numpy + Pillow) and PRO curve plots (matplotlib)."""
+"""Tests of jad.viz: overlays and colour bars (numpy + Pillow), PRO curve plots
+(matplotlib)."""
 
 from __future__ import annotations
 
@@ -128,6 +129,81 @@ def test_overlay_bad_input(kwargs, error, match):
     args = {"image": image, "anomaly_map": amap, "mask": mask} | kwargs
     with pytest.raises(error, match=match):
         viz.overlay(**args)
+
+
+def _jet_levels(pixels: np.ndarray) -> np.ndarray:
+    """Index in viz.jet() of each RGB pixel of an (n, 3) array (-1: not an entry)."""
+    lookup = {tuple(c): i for i, c in enumerate(viz.jet().tolist())}
+    return np.array([lookup.get(tuple(p), -1) for p in pixels.tolist()])
+
+
+@pytest.mark.parametrize("height", [16, 64, 257])
+def test_colorbar_runs_monotonically_from_vmax_to_vmin(height):
+    vmin, vmax = -0.5, 2.0
+    panel = viz.colorbar(height, vmin=vmin, vmax=vmax)
+    assert panel.dtype == np.uint8 and panel.shape[0] == height
+    assert panel.shape[1] > 8 and panel.shape[2] == 3
+    pad, width = max(1, height // 32), max(6, height // 16)
+    gap = max(2, height // 64)
+    bar = panel[pad : height - pad, gap : gap + width]
+    for column in range(width):
+        # every bar pixel is a colour of the map (jet repeats a few colours: the
+        # last index of each is taken, which keeps the order)
+        levels = _jet_levels(bar[:, column])
+        assert np.all(levels >= 0)
+        assert np.all(np.diff(levels) <= 0)  # vmax at the top, down to vmin
+        # row r shows the value at its centre: colorize's index of it
+        n = height - 2 * pad
+        centres = vmax - (np.arange(n) + 0.5) / n * (vmax - vmin)
+        expected = np.floor((centres - vmin) / (vmax - vmin) * 256).astype(int)
+        np.testing.assert_array_equal(bar[:, column], viz.jet()[expected])
+    # white around the bar, and dark label text right of it at the top and bottom
+    assert np.all(panel[:pad] == 255) and np.all(panel[:, :gap] == 255)
+    text = panel[:, gap + width :].min(axis=-1) < 128
+    assert text[: height // 2].any() and text[height // 2 :].any()
+
+
+def test_colorbar_labels_follow_the_scale_and_constant_scale():
+    a = viz.colorbar(64, vmin=0.0, vmax=1.0)
+    b = viz.colorbar(64, vmin=0.0, vmax=7.0)
+    width = a.shape[1]
+    assert not np.array_equal(a[:32], b[:32, :width])  # "1" vs "7" at the top
+    np.testing.assert_array_equal(a[32:, :8], b[32:, :8])  # the bar's colours
+    flat = viz.colorbar(64, vmin=3.0, vmax=3.0)  # bottom colour, as colorize
+    bar = flat[2:62, 2:8].reshape(-1, 3)
+    np.testing.assert_array_equal(bar, np.broadcast_to(viz.jet()[0], bar.shape))
+
+
+def test_overlay_with_colorbar_appends_the_bar_of_its_scale(tmp_path):
+    image, amap, mask = _scene(32)
+    plain = viz.overlay(image, amap, mask=mask)
+    out = viz.overlay(image, amap, mask=mask, colorbar=True)
+    np.testing.assert_array_equal(out[:, :32], plain)
+    np.testing.assert_array_equal(
+        out[:, 32:], viz.colorbar(32, vmin=amap.min(), vmax=amap.max())
+    )
+    fixed = viz.overlay(image, amap, vmin=-1.0, vmax=4.0, colorbar=True)
+    np.testing.assert_array_equal(
+        fixed[:, 32:], viz.colorbar(32, vmin=-1.0, vmax=4.0)
+    )
+    path = viz.save_overlay(tmp_path / "bar.png", image, amap, mask=mask, colorbar=True)
+    np.testing.assert_array_equal(np.asarray(Image.open(path)), out)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"height": 4}, ValueError, "height"),
+        ({"height": 16.0}, TypeError, "height"),
+        ({"vmin": 2.0, "vmax": 1.0}, ValueError, "vmin"),
+        ({"vmax": np.inf}, ValueError, "finite"),
+        ({"colormap": "viridis"}, ValueError, "colormap"),
+    ],
+)
+def test_colorbar_bad_input(kwargs, error, match):
+    args = {"height": 16, "vmin": 0.0, "vmax": 1.0} | kwargs
+    with pytest.raises(error, match=match):
+        viz.colorbar(**args)
 
 
 def test_save_pro_curve_writes_a_figure(tmp_path):
