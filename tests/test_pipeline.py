@@ -445,74 +445,68 @@ def test_end_to_end_builtin_brick_api_and_cli(
         assert m["image_auroc"] > 0.8, (method, m)
         assert m["pro"] > 0.7, (method, m)
 
-    root = str(data_root)
-    state = tmp_path / "state"
+    # The README's CLI flow with relative paths, run from another working directory.
+    work = tmp_path / "work"
+    work.mkdir()
+    root = os.path.relpath(data_root, work)
     fit = _cli(
-        [
-            "fit",
-            "--method",
-            "padim",
-            "--kind",
-            "mvtec",
-            "--data",
-            root,
-            "--category",
-            "brick",
-            "--out",
-            str(state),
-            "--size",
-            str(SIZE),
-        ],
-        cache_root,
-        tmp_path,
+        ["fit", "--method", "padim", "--kind", "mvtec", "--data", root,
+         "--category", "brick", "--out", "runs/brick", "--size", str(SIZE)],
+        cache_root, work,
     )
     assert fit.returncode == 0, fit.stderr
+    state = work / "runs" / "brick"
     assert (state / "detector.json").is_file()
-    metrics_file = tmp_path / "metrics.json"
+    calibration = pipeline.read_metadata(state)["calibration"]
+    # --holdout 0.1 of 20 training images: 2 held out, the fit on 18
+    assert calibration["num_images"] == 2 and calibration["quantile"] == 1.0
+    assert pipeline.read_metadata(state)["num_train"] == 18
+    assert "threshold" in fit.stdout
     ev = _cli(
-        [
-            "evaluate",
-            "--state",
-            str(state),
-            "--data",
-            root,
-            "--category",
-            "brick",
-            "--json",
-            str(metrics_file),
-        ],
-        cache_root,
-        tmp_path,
+        ["evaluate", "--state", "runs/brick", "--data", root, "--category", "brick",
+         "--json", "metrics.json"],
+        cache_root, work,
     )
     assert ev.returncode == 0, ev.stderr
-    row = json.loads(metrics_file.read_text())
+    row = json.loads((work / "metrics.json").read_text())
     for name in ("image_auroc", "pixel_auroc", "pro", "pixel_ap", "seconds_per_image"):
         assert isinstance(row[name], float), name
     assert row["method"] == "padim" and row["pixel_auroc"] > 0.9, row
     # Without data options, evaluate reads the fit's data, kind and category.
-    again_file = tmp_path / "again.json"
     again = _cli(
-        ["evaluate", "--state", str(state), "--json", str(again_file)],
-        cache_root,
-        tmp_path,
+        ["evaluate", "--state", "runs/brick", "--json", "again.json"], cache_root, work
     )
     assert again.returncode == 0, again.stderr
-    again_row = json.loads(again_file.read_text())
+    again_row = json.loads((work / "again.json").read_text())
     for name in ("image_auroc", "pixel_auroc", "pro", "pixel_ap"):
         assert again_row[name] == row[name], name
-    image = next(p for p in test.samples if p.label == 1).image_path
-    out = tmp_path / "predicted"
+    test_full = jad.data.load_dataset("mvtec", data_root, "brick", "test")
+    defective = next(p for p in test_full.samples if p.label == 1).image_path
+    good = next(p for p in test_full.samples if p.label == 0).image_path
+    images = [os.path.relpath(p, work) for p in (defective, good)]
     pred = _cli(
-        ["predict", "--state", str(state), image, "--out", str(out)],
-        cache_root,
-        tmp_path,
+        ["predict", "--state", "runs/brick", *images, "--out", "predicted"],
+        cache_root, work,
     )
     assert pred.returncode == 0, pred.stderr
-    scores = json.loads((out / "scores.json").read_text())
-    assert list(scores) == [image] and np.isfinite(scores[image])
-    assert (out / f"{os.path.splitext(os.path.basename(image))[0]}_map.npy").is_file()
-    # nothing was written outside the temporary folders
-    assert not (tmp_path / "results").exists()
+    report = json.loads((work / "predicted" / "predictions.json").read_text())
+    assert report["threshold"] == calibration["threshold"]
+    assert list(report["images"]) == images
+    # The cut-paste defect is above the threshold and above the good image (with
+    # 2 held-out images of 20 the threshold is rough: the good one may pass it).
+    defect_row, good_row = (report["images"][p] for p in images)
+    assert defect_row["anomalous"] is True, report
+    assert defect_row["score"] > good_row["score"], report
+    stem = "000_" + os.path.splitext(os.path.basename(defective))[0]  # 2 x 000.png
+    amap = np.load(work / "predicted" / f"{stem}_map.npy")
+    from PIL import Image
+
+    assert amap.shape == Image.open(defective).size[::-1]  # the file's own size
+    assert (work / "predicted" / f"{stem}_overlay.png").is_file()
+    # nothing was written outside the working folder
+    assert sorted(p.name for p in work.iterdir()) == [
+        "again.json", "metrics.json", "predicted", "runs"]
+    assert not (work / "results").exists()
 
 
 # --------------------------------------------- non-finite input, integrity, schema
@@ -795,3 +789,55 @@ def test_evaluate_reports_empty_masks(small_detectors, data_root, tmp_path, caps
                      "--category", "brick", "--json", str(out)]) == 0
     assert "1 defective image(s) have an empty mask" in capsys.readouterr().out
     assert json.loads(out.read_text())["empty_masks"] == [str(mask_path)]
+
+
+def test_calibrate_takes_the_quantile_of_nominal_scores(small_detectors, small_train):
+    detector = small_detectors["padim"]
+    batches = [small_train[:2], small_train[2:4], small_train[4:]]
+    maps, scores, _ = pipeline.predict(detector, batches, progress=False)
+    for q in (1.0, 0.5):
+        cal = pipeline.calibrate(detector, batches, quantile=q, progress=False)
+        assert cal.threshold == pytest.approx(float(np.quantile(scores, q)))
+        assert (cal.map_min, cal.map_max) == (float(maps.min()), float(maps.max()))
+        assert cal.num_images == len(small_train) and cal.quantile == q
+    low, high = cal.display_range
+    assert low == cal.map_min and high - cal.map_max == cal.map_max - cal.map_min
+    with pytest.raises(ValueError, match="calibrate: quantile must be in"):
+        pipeline.calibrate(detector, batches, quantile=1.5)
+
+
+def test_predict_cli_maps_at_the_files_size_and_the_threshold(
+    small_detectors, small_train, tmp_path, capsys
+):
+    import dataclasses
+
+    from PIL import Image
+
+    from jad.cli.main import main
+
+    # fitted at 64x64 through a resize to 80 (shorter side) and a 64 crop
+    transform = jad.data.Transform(size=80, keep_aspect_ratio=True, crop=64)
+    calibration = pipeline.Calibration(1.0, 1.0, 0.0, 2.0, 5)
+    folder = pipeline.save_detector(
+        small_detectors["padim"], tmp_path / "d",
+        metadata={"transform": dataclasses.asdict(transform),
+                  "calibration": calibration._asdict()},
+    )
+    rgb = (np.random.default_rng(0).random((90, 120, 3)) * 255).astype(np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "wide.png")
+    out = tmp_path / "out"
+    for threshold, expected in ((None, 1.0), ("1e9", 1e9)):
+        extra = [] if threshold is None else ["--threshold", threshold]
+        assert main(["predict", "--state", str(folder), str(tmp_path / "wide.png"),
+                     "--out", str(out), *extra]) == 0
+        report = json.loads((out / "predictions.json").read_text())
+        assert report["threshold"] == expected
+        (row,) = report["images"].values()
+        assert row["anomalous"] == (row["score"] > expected)
+    assert "normal" in capsys.readouterr().out
+    amap = np.load(out / "wide_map.npy")
+    assert amap.shape == (90, 120)
+    # outside the 64-pixel crop (of the 80x106 frame) nothing was scored: the fill
+    # is the detector's nominal minimum, 0
+    assert amap[45, 0] == 0.0 and amap[45, 60] != 0.0
+    assert Image.open(out / "wide_overlay.png").size[1] == 90

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 
 import jax
@@ -52,6 +53,13 @@ def add_fit_arguments(parser: argparse.ArgumentParser) -> None:
                         "(default: 0.1)")
     parser.add_argument("--num-train", type=positive_int, default=None,
                         help="use only the first N training images")
+    parser.add_argument(
+        "--holdout", type=_holdout_fraction, default=0.1,
+        help="fraction of the training images (evenly spaced, at most 64) kept out "
+        "of the fit and scored to set the detector's threshold for jad predict; 0 "
+        "fits on every image as the papers do, and the threshold then comes from "
+        "training images, which score lower than new ones (too low a threshold)",
+    )
     parser.add_argument("--seed", type=int, default=0,
                         help="PRNG seed of the method's fit (PatchCore: the coreset's "
                         "projection and start; PaDiM is deterministic). Data splits "
@@ -66,6 +74,7 @@ def run_fit(args: argparse.Namespace) -> int:
                          coreset_ratio=args.coreset_ratio, levels=args.levels)
     transform = data.Transform(size=args.size, crop=args.crop)
     train = open_split(args, "train", transform, args.num_train)
+    train, held_out = _split_holdout(train, args.holdout)
     variables = bb.load_pretrained(args.backbone, weights=args.weights)
     detector = pipeline.fit_detector(
         args.method,
@@ -79,11 +88,69 @@ def run_fit(args: argparse.Namespace) -> int:
                  if args.weights is not None and os.path.exists(args.weights)
                  else args.weights),
     )
+    if held_out is None:
+        calibration_images = _evenly_spaced(train, _MAX_HOLDOUT)
+        print(f"note: --holdout 0: the threshold comes from {len(calibration_images)}"
+              " training images, which the fit has seen; new normal images score "
+              "higher, so expect false alarms from jad predict.")
+    else:
+        calibration_images = held_out
+    calibration = pipeline.calibrate(
+        detector, calibration_images.batches(args.batch_size), progress=True
+    )
+    print(f"threshold {calibration.threshold:.4f}: the largest image score of "
+          f"{calibration.num_images} "
+          + ("held-out" if held_out is not None else "training")
+          + " images (jad predict reports images above it as anomalous)")
     out = pipeline.save_detector(
         detector, args.out, overwrite=args.overwrite,
         metadata={"transform": transform_to_json(transform),
                   "num_train": len(train), "data": os.path.abspath(args.data),
-                  "kind": args.kind, "category": args.category},
+                  "kind": args.kind, "category": args.category,
+                  "holdout": 0 if held_out is None else len(held_out),
+                  "calibration": calibration._asdict()},
     )
     print(f"saved the fitted {args.method} detector to {out}")
     return 0
+
+
+_MAX_HOLDOUT = 64
+
+
+def _holdout_fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 <= value <= 0.5:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 0.5]; got {text!r}")
+    return value
+
+
+def _evenly_spaced_indices(n: int, count: int) -> list[int]:
+    if count >= n:
+        return list(range(n))
+    return sorted({round(i * (n - 1) / max(1, count - 1)) for i in range(count)})
+
+
+def _evenly_spaced(dataset, count: int):
+    picks = _evenly_spaced_indices(len(dataset), count)
+    return dataclasses.replace(
+        dataset, samples=tuple(dataset.samples[i] for i in picks)
+    )
+
+
+def _split_holdout(train, fraction: float):
+    """(images to fit, held-out images or None).
+
+    ``fraction`` of the images, at most 64, evenly spaced: no randomness, the same
+    split for every seed.
+    """
+    count = min(_MAX_HOLDOUT, round(fraction * len(train)))
+    if count == 0 or count >= len(train) - 1:
+        return train, None
+    picks = set(_evenly_spaced_indices(len(train), count))
+    keep = tuple(s for i, s in enumerate(train.samples) if i not in picks)
+    held = tuple(s for i, s in enumerate(train.samples) if i in picks)
+    return (dataclasses.replace(train, samples=keep),
+            dataclasses.replace(train, samples=held))

@@ -53,6 +53,7 @@ __all__ = [
     "denormalize_imagenet",
     "load_image",
     "load_mask",
+    "map_to_input_size",
     "normalize_imagenet",
     "output_size",
     "preprocess_image",
@@ -211,6 +212,52 @@ def output_size(transform: Transform, height: int, width: int) -> tuple[int, int
     if transform.crop is not None:
         return transform.crop
     return height, width
+
+
+def map_to_input_size(
+    anomaly_map, transform: Transform, height: int, width: int, *, fill: float
+) -> np.ndarray:
+    """An anomaly map of a transformed image, brought back to the file's geometry.
+
+    Undoes ``transform``'s geometry: the map (at the transformed size) is placed in
+    the resized frame at the centre crop's position, the cropped-away border is
+    ``fill`` (nothing was scored there), and the frame is resized bilinearly
+    (align_corners False, as :func:`jad.ops.resize`) to ``height`` x ``width``.
+
+    Args:
+      anomaly_map: (h, w) float map of the transformed image
+        (``output_size(transform, height, width)``).
+      transform: the :class:`Transform` the image was read with.
+      height: the file's height in pixels.
+      width: the file's width in pixels.
+      fill: the value of the cropped-away border (e.g. the detector's nominal
+        minimum).
+
+    Returns:
+      (height, width) float32 map.
+
+    Raises:
+      ValueError: the map is not (h, w) of the transformed size.
+    """
+    from jad import ops
+
+    amap = np.asarray(anomaly_map, np.float32)
+    expected = output_size(transform, height, width)
+    if amap.shape != tuple(expected):
+        raise ValueError(
+            f"map_to_input_size: anomaly_map must be {tuple(expected)} (the "
+            f"transformed size of a {height}x{width} image); got {amap.shape}."
+        )
+    resized_h, resized_w = _resized_hw(transform, height, width)
+    box = _crop_box(transform, resized_h, resized_w, "the image")
+    if box is not None:
+        frame = np.full((resized_h, resized_w), fill, np.float32)
+        left, top, right, bottom = box
+        frame[top:bottom, left:right] = amap
+        amap = frame
+    if amap.shape == (height, width):
+        return amap
+    return np.asarray(ops.resize(amap[None], (height, width), method="bilinear"))[0]
 
 
 def _to_pil(fn: str, name: str, image) -> Image.Image:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from jad import data
 from jad.data import (
     CENTER_CROP_224,
     IMAGENET_MEAN,
@@ -380,3 +381,42 @@ def test_corrupt_and_truncated_files_are_dataset_errors(tmp_path, rng):
         load_image(tmp_path / "cut.jpg")
     with pytest.raises(DatasetError, match="junk.png"):
         load_mask(tmp_path / "junk.png")
+
+
+@pytest.mark.parametrize(
+    "transform, height, width",
+    [(data.Transform(size=None), 30, 40),
+     (data.Transform(size=16), 30, 40),
+     (data.Transform(size=20, keep_aspect_ratio=True, crop=16), 30, 45),
+     (data.Transform(size=(24, 20), crop=(16, 12)), 50, 37)],
+)
+def test_map_to_input_size_matches_torch_interpolate(transform, height, width, rng):
+    torch = pytest.importorskip("torch")
+    out_h, out_w = data.output_size(transform, height, width)
+    amap = rng.random((out_h, out_w)).astype(np.float32)
+    got = data.map_to_input_size(amap, transform, height, width, fill=-1.0)
+    # reference: the resized frame with the crop's border filled, then torch
+    if transform.size is None:
+        frame_hw = (height, width)
+    elif transform.keep_aspect_ratio:
+        short = transform.size[0]
+        frame_hw = ((int(short * height / width), short) if width <= height
+                    else (short, int(short * width / height)))
+    else:
+        frame_hw = transform.size
+    frame = np.full(frame_hw, -1.0, np.float32)
+    top = int(round((frame_hw[0] - out_h) / 2))
+    left = int(round((frame_hw[1] - out_w) / 2))
+    frame[top : top + out_h, left : left + out_w] = amap
+    want = torch.nn.functional.interpolate(
+        torch.from_numpy(frame)[None, None], size=(height, width), mode="bilinear",
+        align_corners=False,
+    )[0, 0].numpy()
+    assert got.shape == (height, width)
+    np.testing.assert_allclose(got, want, atol=1e-5)  # float32 interpolation
+
+
+def test_map_to_input_size_refuses_a_map_of_another_size():
+    with pytest.raises(ValueError, match=r"map_to_input_size: anomaly_map must be"):
+        data.map_to_input_size(np.zeros((5, 5)), data.Transform(size=16), 30, 40,
+                               fill=0.0)
