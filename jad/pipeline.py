@@ -24,7 +24,7 @@ import os
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.errors
 import flax.struct
@@ -40,8 +40,10 @@ from jad.io import checkpoint as io_checkpoint
 from jad.methods.base import get_method, list_methods, max_image_score, postprocess
 
 __all__ = [
+    "Calibration",
     "Detector",
     "anomaly_maps",
+    "calibrate",
     "check_output_folder",
     "embed_images",
     "fit_detector",
@@ -359,6 +361,78 @@ def predict(
         jax.block_until_ready(anomaly_maps(detector, images))
         timed, count = time.perf_counter() - start, images.shape[0]
     return np.concatenate(maps), np.concatenate(scores), timed / count
+
+
+class Calibration(NamedTuple):
+    """What a detector's scores look like on nominal images (:func:`calibrate`).
+
+    Attributes:
+      threshold: image scores above it are reported as anomalous: the
+        ``quantile`` of the nominal image scores.
+      quantile: the quantile the threshold was taken at.
+      map_min: the smallest anomaly-map value of the nominal images.
+      map_max: the largest one.
+      num_images: how many nominal images were scored.
+    """
+
+    threshold: float
+    quantile: float
+    map_min: float
+    map_max: float
+    num_images: int
+
+    @property
+    def display_range(self) -> tuple[float, float]:
+        """A common colour scale for overlays: nominal values fill its lower half.
+
+        ``(map_min, map_max + (map_max - map_min))``: a pixel as anomalous as the
+        worst nominal one sits mid-scale, and only values beyond everything seen on
+        nominal images reach the top, so a normal image shows no hot spot.
+        """
+        return self.map_min, self.map_max + (self.map_max - self.map_min)
+
+
+def calibrate(
+    detector: Detector,
+    batches: Iterable,
+    *,
+    quantile: float = 1.0,
+    progress: bool = True,
+) -> Calibration:
+    """Scores nominal images to give a detector a threshold and a colour scale.
+
+    Args:
+      detector: a fitted :class:`Detector`.
+      batches: nominal (defect-free) images, as for :func:`predict`, ideally not
+        seen by the fit: ``jad fit`` holds out up to 64 training images for this
+        (``--holdout``).
+      quantile: the quantile of their image scores taken as the threshold (1.0:
+        the largest).
+      progress: show a progress bar.
+
+    Returns:
+      :class:`Calibration`.
+
+    Raises:
+      ValueError: ``quantile`` outside [0, 1], no images, or what :func:`predict`
+        raises.
+
+    Note:
+      Images the fit has seen score lower than new normal ones (PatchCore's
+      coreset patches score 0; PaDiM with fewer images than channels scores them
+      far lower), so a threshold taken on them flags new normal images. The
+      default quantile, the largest score, suits a few dozen held-out images.
+    """
+    if not 0.0 <= float(quantile) <= 1.0:
+        raise ValueError(f"calibrate: quantile must be in [0, 1]; got {quantile}.")
+    maps, scores, _ = predict(detector, batches, progress=progress)
+    return Calibration(
+        threshold=float(np.quantile(scores, quantile)),
+        quantile=float(quantile),
+        map_min=float(maps.min()),
+        map_max=float(maps.max()),
+        num_images=int(scores.size),
+    )
 
 
 # ------------------------------------------------------------------ save and restore
