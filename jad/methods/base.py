@@ -15,6 +15,11 @@ A method is a set of pure functions around a frozen config and a state pytree:
 * ``image_score(state, embeddings, patch_map) -> (B,)`` (optional): the method's own
   image score where its reference defines one (official PatchCore: the max patch
   score before upsampling); otherwise the pipeline takes the max of the final map.
+* ``fit_batches(config, batches, *, key, progress=False) -> state`` (optional): the
+  same fit from an iterable of (B, h, w, D) embedding batches, in memory independent
+  of their number, for methods whose statistics are sums (PaDiM's means and
+  covariances). The pipeline then streams each batch's embeddings into it instead of
+  holding all of them.
 
 Every config carries the shared post-processing fields ``levels`` (backbone levels to
 extract), ``upsample`` (``"bilinear"`` | ``"nearest"`` | ``"bicubic"``), ``sigma``
@@ -60,6 +65,7 @@ class Method(NamedTuple):
     fit: Callable[..., Any]
     score: Callable[[Any, Any], jax.Array]
     image_score: Callable[[Any, Any, jax.Array], jax.Array] | None = None
+    fit_batches: Callable[..., Any] | None = None
 
 
 _REGISTRY: dict[str, Method] = {}

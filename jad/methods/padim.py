@@ -12,7 +12,9 @@ figures use):
   ``random.sample(range(total), n_features)`` with Python's ``random`` module, which
   reproduces the reference's list exactly (100 channels for ResNet-18's 448, 550 for
   WRN-50's 1792; 100 otherwise, as anomalib does for other backbones);
-* covariance ``np.cov`` (N - 1 normalisation) plus 0.01 I;
+* covariance ``np.cov`` (N - 1 normalisation) plus 0.01 I, accumulated over batches
+  of training images (:func:`fit_batches`) with the numerically stable pairwise update
+  of Chan, Golub and LeVeque, so the fit's memory does not grow with their number;
 * the distance through the Cholesky factor L of Sigma: ``||L^-1 (f - mu)||``, with
   L^-1 obtained once at fit time by a triangular solve (never inverting Sigma itself),
   so scoring is one batched matrix-vector product per location; the reference takes
@@ -27,6 +29,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import random
+from collections.abc import Iterable
+from typing import NamedTuple
 
 import flax.struct
 import jax
@@ -43,7 +47,15 @@ from jad.methods.base import (
     register,
 )
 
-__all__ = ["PaDiMConfig", "PaDiMState", "channel_subset", "embed", "fit", "score"]
+__all__ = [
+    "PaDiMConfig",
+    "PaDiMState",
+    "channel_subset",
+    "embed",
+    "fit",
+    "fit_batches",
+    "score",
+]
 
 _DEFAULT_FEATURES = {448: 100, 1792: 550}
 
@@ -71,7 +83,7 @@ def channel_subset(total: int, n_features: int | None, seed: int = 1024) -> tupl
     return tuple(rng.sample(range(total), n_features))
 
 
-_BLOCK_BYTES = 1 << 28  # covariances fitted per block (256 MB of float32)
+_BLOCK_BYTES = 1 << 28  # covariances merged / fitted per block (256 MB float32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,6 +182,157 @@ def embed(config: PaDiMConfig, features: dict) -> jax.Array:
     return concat[..., idx]
 
 
+class _Moments(NamedTuple):
+    """Running statistics of the embeddings merged so far (host bookkeeping)."""
+
+    count: int  # images merged
+    mean: jax.Array  # (L, d) float32
+    scatter: jax.Array  # (L, d, d) float32: sum_n (x_n - mean)(x_n - mean)^T
+    largest: jax.Array  # () float32: the largest |x| seen, for the overflow message
+    shape: tuple  # (h, w, d)
+
+
+def _blocks(locations: int, d: int) -> tuple[int, int]:
+    """(number, size) of equal location blocks of at most _BLOCK_BYTES of (d, d)."""
+    num_blocks = -(-locations // max(1, _BLOCK_BYTES // (4 * d * d)))
+    return num_blocks, -(-locations // num_blocks)
+
+
+def _fresh(first, start, size):
+    """(size,) mask of a block's locations not covered by the previous block.
+
+    Blocks have one compiled size: the last one ends at the last location and
+    overlaps its predecessor (``first < start``); only its new locations change.
+    """
+    return first + jnp.arange(size) >= start
+
+
+@functools.partial(
+    jax.jit, static_argnames=("num_blocks", "size"), donate_argnums=(0, 1, 2)
+)
+def _merge_batch(mean, scatter, largest, batch, weight, coef, *, num_blocks, size):
+    """Merges a (B, h, w, d) batch into the (L, d) mean and (L, d, d) scatter.
+
+    Chan, Golub and LeVeque's pairwise update: with the batch's own mean and centred
+    scatter, ``mean += delta * n_b / n`` and
+    ``scatter += scatter_b + delta delta^T * n_a n_b / n`` (``delta = mean_b -
+    mean``, ``weight = n_b / n``, ``coef = n_a n_b / n``). Every product is of
+    centred values, so a large common offset costs no precision (the naive
+    ``sum x x^T - n mean mean^T`` loses it all in float32). The scatter is updated
+    in place one block of locations at a time: the temporaries are one block's.
+    """
+    b, h, w, d = batch.shape
+    locations = h * w
+    x = batch.astype(jnp.float32).reshape(b, locations, d)
+    mean_b = jnp.mean(x, axis=0)
+    delta = mean_b - mean
+
+    def merge_block(i, scatter):
+        start = i * size
+        first = jnp.minimum(start, locations - size)
+        xb = jax.lax.dynamic_slice_in_dim(x, first, size, axis=1)
+        centred = xb - jax.lax.dynamic_slice_in_dim(mean_b, first, size)
+        db = jax.lax.dynamic_slice_in_dim(delta, first, size)
+        update = jnp.einsum(
+            "nli,nlj->lij", centred, centred, precision=jax.lax.Precision.HIGHEST
+        ) + coef * (db[:, :, None] * db[:, None, :])
+        update = jnp.where(_fresh(first, start, size)[:, None, None], update, 0.0)
+        old = jax.lax.dynamic_slice_in_dim(scatter, first, size)
+        return jax.lax.dynamic_update_slice_in_dim(scatter, old + update, first, 0)
+
+    scatter = jax.lax.fori_loop(0, num_blocks, merge_block, scatter)
+    largest = jnp.maximum(largest, jnp.max(jnp.abs(x)))
+    return mean + weight * delta, scatter, largest
+
+
+def _merge(moments: _Moments | None, batch: jax.Array) -> _Moments:
+    """``moments`` (None before the first batch) updated with a checked batch."""
+    b, h, w, d = batch.shape
+    if moments is None:
+        f32 = jnp.float32
+        moments = _Moments(
+            0, jnp.zeros((h * w, d), f32), jnp.zeros((h * w, d, d), f32),
+            jnp.zeros((), f32), (h, w, d),
+        )
+    if b == 0:
+        return moments
+    count = moments.count + b
+    num_blocks, size = _blocks(h * w, d)
+    mean, scatter, largest = _merge_batch(
+        moments.mean, moments.scatter, moments.largest, batch, b / count,
+        moments.count * b / count, num_blocks=num_blocks, size=size,
+    )
+    return _Moments(count, mean, scatter, largest, moments.shape)
+
+
+@functools.partial(jax.jit, static_argnames=("size",), donate_argnums=(0,))
+def _whiten_block(scatter, start, first, count, regularization, *, size):
+    """Replaces a block of scatter matrices by their whitenings, in place.
+
+    Sigma = scatter / (N - 1) + regularization I (``np.cov`` + 0.01 I), its
+    Cholesky factor L and L^-1 by a triangular solve. Returns the updated (L, d, d)
+    array and whether the block's new factors are all finite (an overflowing
+    covariance gives L = inf and a finite but all-zero L^-1, which would score
+    everything 0).
+    """
+    block = jax.lax.dynamic_slice_in_dim(scatter, first, size)
+    eye = jnp.eye(block.shape[-1], dtype=block.dtype)
+    chol = jnp.linalg.cholesky(block / (count - 1) + regularization * eye)
+    whitening = jax.lax.linalg.triangular_solve(
+        chol, jnp.broadcast_to(eye, block.shape), left_side=True, lower=True
+    )
+    # Locations the previous block already whitened keep their values (whatever
+    # the factorisation of those made).
+    fresh = _fresh(first, start, size)[:, None, None]
+    finite = jnp.all(~fresh | (jnp.isfinite(chol) & jnp.isfinite(whitening)))
+    whitening = jnp.where(fresh, whitening, block)
+    return jax.lax.dynamic_update_slice_in_dim(scatter, whitening, first, 0), finite
+
+
+@functools.partial(jax.jit, static_argnames=("shape",), donate_argnums=(0,))
+def _reshape(x, shape):
+    return x.reshape(shape)  # donated: no second state-sized copy
+
+
+def _check_count(fn: str, count: int) -> None:
+    if count < 2:
+        raise ValueError(
+            f"{fn}: need at least 2 training images for a covariance; got {count}."
+        )
+
+
+def _finish(fn: str, config: PaDiMConfig, moments: _Moments | None, progress: bool):
+    """The fitted state from the merged moments: whitening in place, block by block."""
+    count = 0 if moments is None else moments.count
+    _check_count(fn, count)
+    h, w, d = moments.shape
+    locations = h * w
+    _, size = _blocks(locations, d)
+    regularization = float(config.regularization)
+    from tqdm.auto import tqdm
+
+    scatter, finites = moments.scatter, [jnp.all(jnp.isfinite(moments.mean))]
+    starts = range(0, locations, size)
+    for start in tqdm(starts, desc="padim: fit", unit="block", disable=not progress):
+        first = min(start, locations - size)
+        scatter, finite = _whiten_block(
+            scatter, start, first, float(count), regularization, size=size
+        )
+        finites.append(finite)
+        jax.block_until_ready(scatter)  # progress is real; Ctrl-C stops here
+    if not all(bool(f) for f in finites):
+        raise ValueError(
+            f"{fn}: the fitted Gaussians are not finite: the covariance of embeddings "
+            f"as large as {float(moments.largest):.3g} overflows float32. Are the "
+            "images ImageNet-normalised?"
+        )
+    return PaDiMState(
+        mean=_reshape(moments.mean, (h, w, d)),
+        whitening=_reshape(scatter, (h, w, d, d)),
+        config=config,
+    )
+
+
 def fit(
     config: PaDiMConfig,
     embeddings,
@@ -179,8 +342,9 @@ def fit(
 ) -> PaDiMState:
     """Per-location mean and regularised covariance (Cholesky-factorised).
 
-    Locations are fitted in blocks (up to 256 MB of covariances each), so the peak
-    memory is the state plus a few blocks, not several state-sized arrays.
+    :func:`fit_batches` with all the embeddings as one batch. Locations are
+    processed in blocks (up to 256 MB of covariances each), so the peak memory is
+    the embeddings, the state and a block, not several state-sized arrays.
 
     Args:
       config: a :class:`PaDiMConfig`.
@@ -191,6 +355,11 @@ def fit(
 
     Returns:
       :class:`PaDiMState`.
+
+    Raises:
+      TypeError: ``config`` not a :class:`PaDiMConfig`; non-float embeddings.
+      ValueError: embeddings not (N, h, w, d), N < 2, NaN or inf in them, or a
+        covariance that overflows float32.
     """
     del key
     fn = "padim.fit"
@@ -198,68 +367,74 @@ def fit(
     embeddings = _checks.as_float_array(fn, "embeddings", embeddings)
     _checks.check_rank(fn, "embeddings", embeddings, 4, "N, h, w, d")
     _checks.check_finite(fn, "embeddings", embeddings)
-    n, h, w, d = embeddings.shape
-    if n < 2:
-        raise ValueError(
-            f"{fn}: need at least 2 training images for a covariance; got {n}."
-        )
-    x = embeddings.astype(jnp.float32).reshape(n, h * w, d)
-    locations = h * w
-    # Equal blocks of at most _BLOCK_BYTES of covariances each.
-    num_blocks = -(-locations // max(1, _BLOCK_BYTES // (4 * d * d)))
-    block = -(-locations // num_blocks)
-    regularization = float(config.regularization)
-    from tqdm.auto import tqdm
-
-    means, whitenings, finites = [], [], []
-    starts = range(0, locations, block)
-    for start in tqdm(starts, desc="padim: fit", unit="block", disable=not progress):
-        # One compiled block size: the last block ends at the last location and
-        # overlaps its predecessor; only its new locations are kept.
-        first = min(start, locations - block)
-        mean, whitening, finite = _fit_block(x, first, block, regularization)
-        finites.append(finite)
-        means.append(mean[start - first :])
-        whitenings.append(jax.block_until_ready(whitening[start - first :]))
-    mean = means[0] if len(means) == 1 else jnp.concatenate(means)
-    whitening = whitenings[0] if len(whitenings) == 1 else jnp.concatenate(whitenings)
-    if not all(bool(f) for f in finites):
-        largest = float(jnp.max(jnp.abs(x)))
-        raise ValueError(
-            f"{fn}: the fitted Gaussians are not finite: the covariance of embeddings "
-            f"as large as {largest:.3g} overflows float32. Are the images "
-            "ImageNet-normalised?"
-        )
-    return PaDiMState(
-        mean=mean.reshape(h, w, d), whitening=whitening.reshape(h, w, d, d),
-        config=config,
-    )
+    _check_count(fn, embeddings.shape[0])  # before any work
+    return _finish(fn, config, _merge(None, embeddings), progress)
 
 
-@functools.partial(jax.jit, static_argnames=("size",))
-def _fit_block(x, first, size, regularization):
-    """Mean and whitening of locations ``first:first+size`` of (N, L, d) ``x``.
+def fit_batches(
+    config: PaDiMConfig,
+    batches: Iterable,
+    *,
+    key: jax.Array | None = None,
+    progress: bool = False,
+) -> PaDiMState:
+    """:func:`fit` from a stream of embedding batches, in memory independent of N.
 
-    Returns (size, d) means, (size, d, d) inverse Cholesky factors L^-1 of the
-    regularised covariances, and whether all of them are finite (an overflowing
-    covariance gives L = inf and a finite but all-zero L^-1, which would score
-    everything 0).
+    The per-location count, mean and centred scatter matrix are accumulated on
+    device in float32 with Chan, Golub and LeVeque's pairwise update (each batch's
+    own mean and scatter, merged with a ``delta delta^T n_a n_b / n`` term), which
+    keeps float32 accuracy where the naive sum of squares would not (embeddings
+    with a large common offset). Memory: one (h, w, d, d) accumulator, updated in
+    place (it becomes the state's whitening), plus the current batch; the result
+    equals :func:`fit` on the concatenated batches to float32 rounding, for any
+    batching.
+
+    Args:
+      config: a :class:`PaDiMConfig`.
+      batches: iterable of (B, h, w, d) float embeddings from :func:`embed`, all
+        with the first batch's h, w and d, finite; N >= 2 images in all (empty
+        batches are skipped). Each batch size compiles the merge once.
+      key: unused (PaDiM is deterministic); accepted for the common protocol.
+      progress: show a progress bar over the final blocks of locations (Ctrl-C
+        stops between batches and between blocks). Wrap ``batches`` in ``tqdm``
+        for a bar over them.
+
+    Returns:
+      :class:`PaDiMState`.
+
+    Raises:
+      TypeError: ``config`` not a :class:`PaDiMConfig`; a non-float batch.
+      ValueError: a batch not (B, h, w, d) like the first one or holding NaN or inf
+        (the message names its index), fewer than 2 images in all, or a covariance
+        that overflows float32.
+
+    Example:
+      >>> import numpy as np
+      >>> x = np.random.default_rng(0).standard_normal((6, 2, 2, 3), np.float32)
+      >>> state = fit_batches(PaDiMConfig(), [x[:4], x[4:]])
+      >>> state.whitening.shape
+      (2, 2, 3, 3)
+
+    References:
+      T. F. Chan, G. H. Golub, R. J. LeVeque, "Updating formulae and a pairwise
+      algorithm for computing sample variances", COMPSTAT 1982.
     """
-    x = jax.lax.dynamic_slice_in_dim(x, first, size, axis=1)
-    n, d = x.shape[0], x.shape[-1]
-    mean = jnp.mean(x, axis=0)
-    centred = x - mean
-    cov = jnp.einsum(
-        "nli,nlj->lij", centred, centred, precision=jax.lax.Precision.HIGHEST
-    ) / (n - 1)
-    eye = jnp.eye(d, dtype=cov.dtype)
-    chol = jnp.linalg.cholesky(cov + regularization * eye)
-    whitening = jax.lax.linalg.triangular_solve(
-        chol, jnp.broadcast_to(eye, cov.shape), left_side=True, lower=True
-    )
-    finite = (jnp.all(jnp.isfinite(mean)) & jnp.all(jnp.isfinite(chol))
-              & jnp.all(jnp.isfinite(whitening)))
-    return mean, whitening, finite
+    del key
+    fn = "padim.fit_batches"
+    check_instance(fn, "config", config, PaDiMConfig)
+    moments = None
+    for index, batch in enumerate(batches):
+        name = f"batch {index}"
+        batch = _checks.as_float_array(fn, name, batch)
+        _checks.check_rank(fn, name, batch, 4, "B, h, w, d")
+        if moments is not None and tuple(batch.shape[1:]) != moments.shape:
+            raise ValueError(
+                f"{fn}: {name} must be (B, {', '.join(map(str, moments.shape))}) "
+                f"like the first batch; got shape {tuple(batch.shape)}."
+            )
+        _checks.check_finite(fn, name, batch)
+        moments = _merge(moments, batch)
+    return _finish(fn, config, moments, progress)
 
 
 def score(state: PaDiMState, embeddings) -> jax.Array:
@@ -306,5 +481,6 @@ METHOD = register(
         embed=embed,
         fit=fit,
         score=score,
+        fit_batches=fit_batches,
     )
 )

@@ -330,3 +330,148 @@ def test_embed_without_a_level_names_it(rng):
     features = {1: jnp.zeros((1, 8, 8, 4)), 2: jnp.zeros((1, 4, 4, 4))}
     with pytest.raises(ValueError, match=r"padim.embed: features lack level\(s\) 3"):
         padim.embed(PaDiMConfig(), features)
+
+
+# ------------------------------------------------------------- streaming fit
+
+
+def _sigma(state):
+    """The fitted covariances Sigma = inv(W) inv(W)^T, float64."""
+    chol = np.linalg.inv(np.asarray(state.whitening, np.float64))
+    return chol @ np.swapaxes(chol, -1, -2)
+
+
+def _np_cov(train, regularization=0.01):
+    """np.cov per location in float64 plus regularization I: (h, w, d, d)."""
+    n, h, w, d = train.shape
+    out = np.empty((h, w, d, d))
+    for i in range(h):
+        for j in range(w):
+            out[i, j] = np.cov(train[:, i, j].astype(np.float64), rowvar=False)
+    return out + regularization * np.eye(d)
+
+
+def _split(x, sizes):
+    """``x`` cut into consecutive batches of the given sizes."""
+    bounds = np.cumsum([0, *sizes])
+    return [x[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
+BATCHINGS = {
+    "one batch": [12],
+    "batches of 1": [1] * 12,
+    "uneven": [5, 1, 0, 4, 2],  # with an empty batch, which is skipped
+}
+
+
+@pytest.mark.parametrize("block_bytes", [None, 250])
+@pytest.mark.parametrize("batching", list(BATCHINGS))
+def test_fit_batches_matches_numpy_cov_for_any_batching(
+    monkeypatch, train, batching, block_bytes
+):
+    if block_bytes is not None:  # 2 locations per block, the last one overlapping
+        monkeypatch.setattr(padim, "_BLOCK_BYTES", block_bytes)
+    batches = [jnp.asarray(b) for b in _split(train, BATCHINGS[batching])]
+    state = padim.fit_batches(PaDiMConfig(), iter(batches))
+    assert state.mean.shape == (3, 4, 5) and state.whitening.shape == (3, 4, 5, 5)
+    assert not any(b.is_deleted() for b in batches)  # only the accumulators donated
+    # float32 moments of O(1) data: 1e-5, as fit
+    np.testing.assert_allclose(
+        np.asarray(state.mean), train.astype(np.float64).mean(0), rtol=1e-5, atol=1e-6
+    )
+    np.testing.assert_allclose(_sigma(state), _np_cov(train), rtol=1e-5, atol=1e-5)
+    assert np.all(np.triu(np.asarray(state.whitening), 1) == 0)
+
+
+def test_fit_is_fit_batches_of_one_batch(train, state):
+    streamed = padim.fit_batches(PaDiMConfig(), [train])
+    np.testing.assert_array_equal(np.asarray(streamed.mean), np.asarray(state.mean))
+    np.testing.assert_array_equal(
+        np.asarray(streamed.whitening), np.asarray(state.whitening)
+    )
+
+
+def test_fit_batches_keeps_float32_accuracy_under_a_large_offset(rng):
+    # Embeddings 1e3 + 0.1 noise: float32 holds them to ~6e-5, 6e-4 of the noise.
+    # The naive sum x x^T - N mean mean^T works on values ~1e6 whose float32 ulp
+    # (0.06) is 6x the variance (0.01); the centred pairwise merge stays at float32
+    # accuracy relative to the noise.
+    train = (1e3 + 0.1 * rng.standard_normal((40, 2, 3, 4))).astype(np.float32)
+    ref = _np_cov(train, regularization=0.0)  # float64 of the same float32 values
+    config = PaDiMConfig(regularization=1e-6)
+    for sizes in ([40], [1] * 40, [7, 13, 1, 19]):
+        state = padim.fit_batches(config, iter(_split(train, sizes)))
+        np.testing.assert_allclose(
+            np.asarray(state.mean), train.astype(np.float64).mean(0), rtol=0, atol=2e-4
+        )  # float32 ulp of 1e3 is 6e-5
+        got = _sigma(state) - 1e-6 * np.eye(4)
+        # 1e-3 of the variance 0.01: the float32 rounding of the inputs themselves
+        np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5)
+    # The same data defeat the naive float32 formula (so the case is a real test).
+    x = train.reshape(40, 6, 4)
+    naive = (np.einsum("nli,nlj->lij", x, x) - 40 * np.einsum(
+        "li,lj->lij", x.mean(0), x.mean(0))) / 39
+    assert np.abs(naive - ref.reshape(6, 4, 4)).max() > 1e-2
+
+
+def test_fit_batches_bad_input(train):
+    config = PaDiMConfig()
+    with pytest.raises(TypeError, match="fit_batches: config must be a PaDiMConfig"):
+        padim.fit_batches(PatchCoreConfig(), [train])
+    with pytest.raises(TypeError, match="fit_batches: batch 1 must have a floating"):
+        padim.fit_batches(config, [train[:2], train[2:4].astype(np.int32)])
+    with pytest.raises(ValueError, match=r"batch 1 must be \(B, h, w, d\)"):
+        padim.fit_batches(config, [train[:2], train[2]])
+    with pytest.raises(ValueError, match=r"batch 2 must be \(B, 3, 4, 5\) like the"):
+        padim.fit_batches(config, [train[:2], train[2:4], train[4:6, :, :3]])
+    with pytest.raises(ValueError, match=r"batch 1 must be \(B, 3, 4, 5\)"):
+        padim.fit_batches(config, [train[:2], train[2:4, ..., :4]])
+    bad = train[2:4].copy()
+    bad[1, 2, 3, 4] = np.inf
+    with pytest.raises(ValueError, match="fit_batches: batch 1 contains NaN or inf"):
+        padim.fit_batches(config, [train[:2], bad])
+    with pytest.raises(ValueError, match="at least 2 training images.*got 1"):
+        padim.fit_batches(config, [train[:1], train[1:1]])
+    with pytest.raises(ValueError, match="at least 2 training images.*got 0"):
+        padim.fit_batches(config, iter([]))
+    with pytest.raises(ValueError, match="at least 2 training images.*got 1"):
+        padim.fit(config, train[:1])
+
+
+def test_fit_batches_with_overflowing_covariance_raises(rng):
+    train = (rng.standard_normal((6, 2, 2, 5)) * 1e20).astype(np.float32)
+    with pytest.raises(ValueError, match="fit_batches: the fitted Gaussians") as err:
+        padim.fit_batches(PaDiMConfig(), [train[:3], train[3:]])
+    # the largest embedding of all batches, for the message
+    assert f"as large as {np.abs(train).max():.3g} overflows" in str(err.value)
+
+
+def test_fit_batches_progress_and_interrupt(train, capsys):
+    padim.fit_batches(PaDiMConfig(), [train[:6], train[6:]], progress=True)
+    assert "padim: fit" in capsys.readouterr().err
+
+    def interrupted():
+        yield train[:6]
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        padim.fit_batches(PaDiMConfig(), interrupted())
+
+
+def test_fit_batches_memory_does_not_grow_with_the_number_of_batches(rng):
+    # Live device memory while batches stream in: the accumulators plus a batch or
+    # two in flight, never the batches seen so far (30 batches are 15x the
+    # (2, 4, 4, 16) accumulator... held, they would show).
+    batch = rng.standard_normal((4, 2, 4, 16)).astype(np.float32)
+    live = []
+
+    def batches():
+        for i in range(30):
+            live.append(sum(a.nbytes for a in jax.live_arrays()))
+            yield batch + np.float32(i)
+
+    before = sum(a.nbytes for a in jax.live_arrays())
+    padim.fit_batches(PaDiMConfig(), batches())
+    grown = np.array(live[2:]) - before
+    state_bytes = 8 * 16 * 16 * 4 + 8 * 16 * 4
+    assert grown.max() <= state_bytes + 4 * batch.nbytes, grown
