@@ -7,8 +7,10 @@ images, differentiable end to end (F2PAD back-propagates through it).
 
 ``fit_detector`` streams training batches through the backbone and the method's
 ``embed`` on device; a method with ``fit_batches`` (PaDiM) merges each batch's
-embeddings as they come, the others' are gathered on the host for ``fit``. ``save_detector`` / ``load_detector`` store the method state with orbax and the
-rest as JSON; the backbone weights are not copied (they are re-obtained with
+embeddings as they come, the others' are gathered on the host for ``fit``.
+
+``save_detector`` / ``load_detector`` store the method state with orbax and the rest
+as JSON; the backbone weights are not copied (they are re-obtained with
 :func:`jad.backbones.load_pretrained` from the recorded source), but their digest is
 recorded and checked on loading, so a detector never silently runs on other weights.
 """
