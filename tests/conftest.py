@@ -3,15 +3,50 @@
 x64 is never switched on globally: a float64 test enters ``jax.enable_x64(True)`` in
 its body (directly, through :func:`x64_if`, or through the ``x64`` fixture), so float32
 tests run with JAX's default dtypes whatever ran before them.
+
+Hypothesis profiles (the property tests of ``test_robustness.py``): ``ci``, the
+default, is derandomized (the same examples on every run, no example database) and
+small; ``deep`` runs many more examples and shrinks failures. Select one with the
+environment variable ``JAD_HYPOTHESIS_PROFILE=deep`` or hypothesis's own
+``--hypothesis-profile=deep`` option.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 
 import jax
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, Phase, settings
+
+_HEALTH = [
+    HealthCheck.too_slow,
+    HealthCheck.data_too_large,
+    HealthCheck.filter_too_much,
+]
+settings.register_profile(
+    "ci",
+    max_examples=8,
+    derandomize=True,
+    deadline=None,
+    database=None,
+    print_blob=True,
+    suppress_health_check=_HEALTH,
+    # No shrinking: a failure is reported as drawn (rerun with "deep" to shrink it).
+    phases=[Phase.explicit, Phase.reuse, Phase.generate],
+)
+settings.register_profile(
+    "deep",
+    max_examples=400,
+    derandomize=False,
+    deadline=None,
+    database=None,
+    print_blob=True,
+    suppress_health_check=_HEALTH,
+)
+settings.load_profile(os.environ.get("JAD_HYPOTHESIS_PROFILE", "ci"))
 
 
 def random_dictionary_np(rng: np.random.Generator, m: int, K: int) -> np.ndarray:

@@ -210,3 +210,81 @@ def test_bad_input(rng):
         nearest_neighbors(queries, bank, 1, bank_chunk=0)
     with pytest.raises(ValueError, match="query_chunk"):
         nearest_neighbors(queries, bank, 1, query_chunk=0)
+
+
+def test_non_finite_concrete_inputs_are_refused(rng):
+    bank = rng.standard_normal((5, 3)).astype(np.float32)
+    queries = rng.standard_normal((4, 3)).astype(np.float32)
+    for value in (np.nan, np.inf):
+        bad = bank.copy()
+        bad[2, 1] = value
+        with pytest.raises(ValueError, match="bank contains NaN or inf"):
+            nearest_neighbors(queries, bad, 1)
+        bad = queries.copy()
+        bad[0, 0] = value
+        with pytest.raises(ValueError, match="queries contains NaN or inf"):
+            nearest_neighbors(bad, bank, 1)
+
+
+def test_nan_propagates_under_jit(rng):
+    # Traced values cannot be checked: a NaN bank row must not be skipped (it was,
+    # and queries then got finite distances), and a NaN query gets NaN distances to
+    # k distinct rows (it got k copies of row 0).
+    bank = rng.standard_normal((5, 3)).astype(np.float32)
+    queries = rng.standard_normal((4, 3)).astype(np.float32)
+    search = jax.jit(lambda q, b: nearest_neighbors(q, b, 2, bank_chunk=2))
+    bad_bank = bank.copy()
+    bad_bank[3, 1] = np.nan
+    dist, idx = search(queries, bad_bank)
+    assert np.all(np.isnan(np.asarray(dist)[:, 0]))
+    np.testing.assert_array_equal(np.asarray(idx)[:, 0], 3)
+    bad_queries = queries.copy()
+    bad_queries[1, 2] = np.nan
+    dist, idx = search(bad_queries, bank)
+    assert np.all(np.isnan(np.asarray(dist)[1]))
+    assert np.all(np.isfinite(np.asarray(dist)[[0, 2, 3]]))
+    assert len(set(np.asarray(idx)[1].tolist())) == 2
+
+
+def test_inf_bank_row_under_jit_is_farthest(rng):
+    bank = rng.standard_normal((5, 3)).astype(np.float32)
+    bank[0, 0] = np.inf
+    queries = rng.standard_normal((4, 3)).astype(np.float32)
+    dist, idx = jax.jit(lambda q, b: nearest_neighbors(q, b, 5))(queries, bank)
+    np.testing.assert_array_equal(np.asarray(idx)[:, -1], 0)
+    assert np.all(np.isinf(np.asarray(dist)[:, -1]))
+    assert np.all(np.isfinite(np.asarray(dist)[:, :-1]))
+
+
+def test_empty_bank_and_zero_feature_dimension():
+    with pytest.raises(ValueError, match="bank must hold at least one row"):
+        nearest_neighbors(np.ones((2, 3), np.float32), np.ones((0, 3), np.float32), 1)
+    # D = 0: every distance is 0; ties keep the lower index first.
+    dist, idx = nearest_neighbors(
+        np.ones((3, 0), np.float32), np.ones((2, 0), np.float32), 2
+    )
+    np.testing.assert_array_equal(np.asarray(dist), np.zeros((3, 2)))
+    np.testing.assert_array_equal(np.asarray(idx), np.tile([0, 1], (3, 1)))
+
+
+@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16])
+def test_low_precision_inputs_rank_in_float32(dtype):
+    # Around 100 a float16 ulp is 0.06 and |q|^2 ~ 2e4 rounds to 16: the expansion
+    # q^2 - 2qm + m^2 computed in float16 cannot tell 0 from 0.25.
+    bank = np.array([[100.0, 100.0], [100.5, 100.0], [101.0, 100.0]]).astype(dtype)
+    queries = np.array([[100.5, 100.0], [100.0, 100.0]]).astype(dtype)
+    dist, idx = nearest_neighbors(queries, bank, 1, squared=False)
+    assert dist.dtype == dtype
+    np.testing.assert_array_equal(np.asarray(idx)[:, 0], [1, 0])
+    # The plain distance of an exact match is exactly 0 (it was sqrt(tiny) = 0.008
+    # in float16), with a zero gradient.
+    np.testing.assert_array_equal(np.asarray(dist, np.float32), 0.0)
+
+
+def test_docstring_example():
+    import doctest
+
+    import jad.neighbors
+
+    failed, attempted = doctest.testmod(jad.neighbors)
+    assert attempted > 0 and failed == 0

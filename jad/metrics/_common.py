@@ -16,6 +16,7 @@ value, the k-th largest score) by summing binary searches over the runs.
 from __future__ import annotations
 
 import contextlib
+import numbers
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -115,8 +116,8 @@ def check_same_shape(fn: str, names: tuple[str, str], a, b) -> None:
 
 
 def check_fraction(fn: str, name: str, value) -> float:
-    """Returns ``value`` as a float in (0, 1]."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)):
+    """Returns ``value`` as a float in (0, 1] (any real number type but bool)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{fn}: {name} must be a float in (0, 1]; got {value!r}.")
     value = float(value)
     if not 0.0 < value <= 1.0:

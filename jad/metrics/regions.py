@@ -42,6 +42,7 @@ import math
 from typing import NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from scipy import ndimage
 
@@ -85,7 +86,9 @@ def _prepare(fn: str, maps, masks) -> tuple[np.ndarray, np.ndarray]:
             f"{fn}: maps and masks must be (..., H, W); got shape {maps.shape}."
         )
     height, width = maps.shape[-2:]
-    return maps.reshape(-1, height, width), masks.reshape(-1, height, width)
+    # An explicit image count: reshape(-1, 0, W) is ambiguous for empty images.
+    shape = (math.prod(maps.shape[:-2]), height, width)
+    return maps.reshape(shape), masks.reshape(shape)
 
 
 def _region_ids(masks: np.ndarray) -> tuple[np.ndarray, int]:
@@ -460,7 +463,8 @@ def _curve(
     keep[1::2] = fp_gt != fp[0:-1:2]
     curve = PROCurve(
         fpr=fp[keep] / num_normal,
-        pro=mass[keep] / num_regions,
+        # A sum of 1/|r| can round above R; the exact PRO is at most 1.
+        pro=np.minimum(mass[keep] / num_regions, 1.0),
         thresholds=thresholds[keep],
     )
     return curve, error_bound
@@ -547,8 +551,11 @@ def pro_area(curve: PROCurve, *, max_fpr: float = 0.3) -> float:
       AUPRO in [0, 1] as a Python float.
 
     Raises:
-      ValueError: ``max_fpr`` outside (0, 1] or beyond the end of the curve.
-      TypeError: ``max_fpr`` not a number.
+      ValueError: ``max_fpr`` outside (0, 1], beyond the end of the curve or before
+        its start; ``curve.fpr`` and ``curve.pro`` not equal-length 1-D arrays of
+        finite numbers, or ``curve.fpr`` decreasing.
+      TypeError: ``max_fpr`` not a number, ``curve`` not a :class:`PROCurve` (or
+        any object with ``fpr`` and ``pro``), non-numeric coordinates.
 
     Example:
       >>> import numpy as np
@@ -560,19 +567,48 @@ def pro_area(curve: PROCurve, *, max_fpr: float = 0.3) -> float:
     """
     fn = "pro_area"
     max_fpr = _common.check_fraction(fn, "max_fpr", max_fpr)
-    fpr = np.asarray(curve.fpr, np.float64)
-    values = np.asarray(curve.pro, np.float64)
+    if not (hasattr(curve, "fpr") and hasattr(curve, "pro")):
+        raise TypeError(
+            f"{fn}: curve must be a PROCurve (from pro_curve); got "
+            f"{type(curve).__name__}."
+        )
+    fpr = _curve_axis(fn, "curve.fpr", curve.fpr)
+    values = _curve_axis(fn, "curve.pro", curve.pro)
     if fpr.ndim != 1 or fpr.shape != values.shape or fpr.size == 0:
         raise ValueError(
             f"{fn}: curve.fpr and curve.pro must be equal-length 1-D arrays; got "
             f"{fpr.shape} and {values.shape}."
         )
+    if np.any(np.diff(fpr) < 0):
+        raise ValueError(f"{fn}: curve.fpr must be non-decreasing.")
     if fpr[-1] < max_fpr:
         raise ValueError(
             f"{fn}: the curve ends at FPR {fpr[-1]:.6g} < max_fpr = {max_fpr}; "
             "compute it with pro_curve(..., max_fpr=max_fpr) or larger."
         )
+    if fpr[0] > max_fpr:
+        raise ValueError(
+            f"{fn}: the curve starts at FPR {fpr[0]:.6g} > max_fpr = {max_fpr}; "
+            "it has no point to integrate from (pro_curve starts at (0, 0))."
+        )
     return _area(fpr, values, max_fpr)
+
+
+def _curve_axis(fn: str, name: str, values) -> np.ndarray:
+    """A curve's coordinates as float64, refusing non-numbers, NaN and inf."""
+    try:
+        array = np.asarray(values)
+        numeric = array.dtype.kind in "biuf" or jnp.issubdtype(
+            array.dtype, jnp.floating
+        )
+    except (TypeError, ValueError):
+        numeric = False
+    if not numeric:
+        raise TypeError(f"{fn}: {name} must be an array of numbers.")
+    array = array.astype(np.float64)
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"{fn}: {name} contains NaN or inf values.")
+    return array
 
 
 def pro(
@@ -649,4 +685,4 @@ def pro(
     max_fpr = _common.check_fraction(fn, "max_fpr", max_fpr)
     tolerance = _check_tolerance(fn, tolerance)
     curve, _ = _curve(fn, maps, masks, max_fpr, tolerance)
-    return _area(curve.fpr, curve.pro, max_fpr)
+    return min(1.0, _area(curve.fpr, curve.pro, max_fpr))  # rounding stays in [0, 1]

@@ -525,6 +525,66 @@ def test_pro_undefined_cases_raise():
         metrics.pro(maps, maps > 0.5, max_fpr="0.3")
 
 
+def test_pro_of_empty_images_is_undefined_not_a_reshape_error():
+    for shape in [(2, 0, 3), (0, 4, 4), (3, 2, 0)]:
+        with pytest.raises(ValueError, match="no anomalous pixel"):
+            metrics.pro(np.zeros(shape, np.float32), np.zeros(shape, bool))
+        with pytest.raises(ValueError, match="no anomalous pixel"):
+            metrics.pro_curve(np.zeros(shape), np.zeros(shape, bool))
+
+
+def test_max_fpr_accepts_numpy_numbers():
+    rng = np.random.default_rng(15)
+    masks = _blob_masks(rng, 3, 8)
+    maps = _maps(rng, masks)
+    assert metrics.pro(maps, masks, max_fpr=np.int64(1)) == metrics.pro(
+        maps, masks, max_fpr=1.0
+    )
+    assert metrics.pro(maps, masks, max_fpr=np.float32(0.25)) == metrics.pro(
+        maps, masks, max_fpr=float(np.float32(0.25))
+    )
+    with pytest.raises(TypeError, match="max_fpr"):
+        metrics.pro(maps, masks, max_fpr=np.bool_(True))
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_pro_curve_and_aupro_stay_in_the_unit_interval(seed):
+    # A sum of 1/|r| over the regions can round above R (found by the fuzz suite with
+    # seed 5): the curve is clipped to the exact bound 1, so pro_area accepts it.
+    rng = np.random.default_rng(seed)
+    masks = rng.random((2, 4, 4)) < 0.3
+    masks[0, 0, 0], masks[0, 0, 1] = True, False
+    maps = rng.random((2, 4, 4)) + masks
+    curve = metrics.pro_curve(maps, masks)
+    assert curve.pro.max() <= 1.0 and curve.pro[-1] == pytest.approx(1.0, abs=1e-15)
+    assert 0.0 <= metrics.pro_area(curve, max_fpr=1.0) <= 1.0
+    assert 0.0 <= metrics.pro(maps, masks, max_fpr=1.0) <= 1.0
+
+
+def test_pro_area_refuses_malformed_curves():
+    maps, masks = np.array([[0.9, 0.2], [0.1, 0.3]]), np.array([[1, 0], [0, 0]])
+    curve = metrics.pro_curve(maps, masks)
+    fpr, pro = curve.fpr, curve.pro
+    with pytest.raises(TypeError, match="curve must be a PROCurve"):
+        metrics.pro_area((fpr, pro))
+    with pytest.raises(TypeError, match="curve must be a PROCurve"):
+        metrics.pro_area(None)
+    with pytest.raises(TypeError, match="curve.fpr"):
+        metrics.pro_area(metrics.PROCurve(["a", "b"], [0.0, 1.0], None))
+    with pytest.raises(ValueError, match="curve.fpr contains NaN"):
+        metrics.pro_area(metrics.PROCurve(np.where(fpr > 0, np.nan, 0), pro, None))
+    with pytest.raises(ValueError, match="curve.pro contains NaN or inf"):
+        metrics.pro_area(metrics.PROCurve(fpr, pro + np.inf, None))
+    with pytest.raises(ValueError, match="non-decreasing"):
+        metrics.pro_area(metrics.PROCurve(fpr[::-1], pro, None), max_fpr=1.0)
+    with pytest.raises(ValueError, match="starts at FPR"):
+        metrics.pro_area(metrics.PROCurve(np.array([0.5, 1.0]), np.ones(2), None))
+    # Lists are curves too.
+    assert metrics.pro_area(
+        metrics.PROCurve(fpr.tolist(), pro.tolist(), None), max_fpr=0.3
+    ) == metrics.pro_area(curve, max_fpr=0.3)
+
+
 def test_pro_chunking_and_bound_fallback_do_not_change_the_value(monkeypatch):
     rng = np.random.default_rng(13)
     masks = _blob_masks(rng, 9, 14)
