@@ -112,6 +112,19 @@ def _distances(points, center):
     return jnp.sqrt(jnp.sum(diff * diff, axis=-1))
 
 
+@jax.jit
+def _mean_distance(points, starts):
+    """(N,) mean distance to ``starts``: one (N,) accumulator, no (S, N, d) array."""
+
+    def body(i, total):
+        return total + _distances(points, points[starts[i]])
+
+    total = jax.lax.fori_loop(
+        0, starts.shape[0], body, jnp.zeros(points.shape[:1], points.dtype)
+    )
+    return total / starts.shape[0]
+
+
 _MAX_BLOCK = 4096  # picks per compiled call at most (the size of its index buffer)
 _FIRST_BLOCK = 4  # picks of the first call (which also compiles)
 _BLOCK_SECONDS = 1.0  # wall time aimed at per call: progress and Ctrl-C this often
@@ -265,10 +278,7 @@ def greedy_coreset(
             )
             starts = jax.random.choice(key, n, (count,), replace=False)
         starts = jnp.atleast_1d(jnp.asarray(starts, jnp.int32))
-        initial = jnp.mean(
-            jax.vmap(lambda s: _distances(points, points[s]), out_axes=1)(starts),
-            axis=1,
-        )
+        initial = _mean_distance(points, starts)
         return _greedy(points, initial, n_select, progress, report)
     if starts is None:
         first = jax.random.randint(key, (), 0, n, jnp.int32)

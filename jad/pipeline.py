@@ -199,6 +199,29 @@ def _training_embeddings(fn, method, config, backbone, variables, train_batches,
     yield checked(pending, index)
 
 
+def _gather(stream, num_batches: int | None) -> np.ndarray:
+    """The streamed embeddings in one host array.
+
+    With the number of batches known (``jad.data`` batches have a ``len``), the
+    array is allocated once after the first batch and filled in place, so the
+    embeddings are held once, not twice (chunks plus their concatenation).
+    """
+    first = np.asarray(next(stream))
+    if num_batches is None:
+        return np.concatenate([first, *(np.asarray(e) for e in stream)])
+    out = np.empty((num_batches * first.shape[0], *first.shape[1:]), first.dtype)
+    out[: len(first)] = first
+    filled = len(first)
+    for emb in stream:
+        emb = np.asarray(emb)
+        if filled + len(emb) > len(out):  # more batches than announced
+            out = np.concatenate([out[:filled], emb])
+        else:
+            out[filled : filled + len(emb)] = emb
+        filled += len(emb)
+    return out[:filled]
+
+
 def fit_detector(
     method: str,
     train_batches: Iterable,
@@ -258,10 +281,11 @@ def fit_detector(
             state = spec.fit_batches(config, stream, key=key, progress=progress)
             done = "features and fit of"
         else:
-            embeddings = np.concatenate([np.asarray(e) for e in stream])
+            count = len(train_batches) if hasattr(train_batches, "__len__") else None
+            embeddings = _gather(stream, count)
             start = time.perf_counter()
             state = spec.fit(config, embeddings, key=key, progress=progress)
-            done = "fitted on"
+            done = "method fit (features not included) on"
     jax.block_until_ready(state)
     if progress:
         print(f"{method}: {done} {seen['images']} images in "

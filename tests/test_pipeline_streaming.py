@@ -140,3 +140,15 @@ def test_streamed_fit_bad_training_sets(images, variables):
         _fit([images[:2], np.full_like(images[:2], np.nan)], variables)
     with pytest.raises(ValueError, match="fitted on 64x64"):
         _fit([images[:2], images[2:4, :32, :32]], variables)
+
+
+@pytest.mark.parametrize("announced", [None, 2, 3, 5])
+def test_gather_fills_one_array(announced):
+    from jad.pipeline import _gather
+
+    rng = np.random.default_rng(0)
+    parts = [rng.random((3, 2, 2, 4)).astype(np.float32),
+             rng.random((3, 2, 2, 4)).astype(np.float32),
+             rng.random((1, 2, 2, 4)).astype(np.float32)]
+    got = _gather(iter(parts), announced)  # fewer, exactly or more than announced
+    np.testing.assert_array_equal(got, np.concatenate(parts))

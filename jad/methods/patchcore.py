@@ -172,18 +172,30 @@ def adaptive_avg_pool(x: jax.Array, size: int) -> jax.Array:
     """Torch's ``adaptive_avg_pool1d`` over the last axis, exactly.
 
     Args:
-      x: (..., L) array.
-      size: output length n (static); bins ``[floor(i L / n), ceil((i + 1) L / n))``.
+      x: (..., L) floating array, L >= 1.
+      size: output length n >= 1 (a static Python int); bins
+        ``[floor(i L / n), ceil((i + 1) L / n))``.
 
     Returns:
       (..., n) array of bin means (bins repeat entries when n > L).
+
+    Raises:
+      TypeError: non-floating ``x``; ``size`` not an int.
+      ValueError: ``x`` 0-d or with L = 0; ``size`` < 1.
 
     Note:
       Each bin is summed directly (a gather of at most ``ceil(L / n) + 1`` entries
       per output), not as a difference of a cumulative sum, whose float32
       cancellation reached 2e-4 absolute error at L = 9216 (WRN-50 layer 3).
     """
+    fn = "patchcore.adaptive_avg_pool"
+    x = _checks.as_float_array(fn, "x", x, min_rank=1)
+    size = _checks.check_int(fn, "size", size, low=1)
     length = x.shape[-1]
+    if length < 1:
+        raise ValueError(
+            f"{fn}: x must be (..., L) with L >= 1; got shape {tuple(x.shape)}."
+        )
     starts = np.arange(size) * length // size
     ends = -(-(np.arange(1, size + 1) * length) // size)
     width = int(np.max(ends - starts))
@@ -201,7 +213,8 @@ def _unfold(x: jax.Array, size: int) -> jax.Array:
     h, w = x.shape[1:3]
     shifts = [xp[:, i : i + h, j : j + w, :] for i in range(size) for j in range(size)]
     stacked = jnp.stack(shifts, axis=-1)  # (B, h, w, C, size*size)
-    return stacked.reshape(*stacked.shape[:3], -1)
+    # The last size explicitly: ``-1`` is ambiguous (and fails) for an empty batch.
+    return stacked.reshape(*stacked.shape[:3], x.shape[-1] * size * size)
 
 
 def _avg_pool3(x: jax.Array, size: int) -> jax.Array:
@@ -227,7 +240,10 @@ def embed(config: PatchCoreConfig, features: dict) -> jax.Array:
       (D = ``target_dim`` for ``"official"``, the sum of channels for ``"anomalib"``).
 
     Raises:
-      ValueError: a level of ``config.levels`` is missing from ``features``.
+      TypeError: a level of non-floating features.
+      ValueError: a level of ``config.levels`` missing from ``features``, not
+        (B, h, w, C) with h, w, C >= 1, or levels of different batch sizes B (B = 0
+        gives empty embeddings).
     """
     check_levels("patchcore.embed", config, features)
     first = features[config.levels[0]]
@@ -268,26 +284,34 @@ def fit(
     fn = "patchcore.fit"
     check_instance(fn, "config", config, PatchCoreConfig)
     _checks.check_key(fn, "key", key)
-    embeddings = _checks.as_float_array(fn, "embeddings", embeddings)
+    # Host (numpy) embeddings stay on the host: only their projection and the
+    # selected bank go to the device, so a large training set is not held twice.
+    if not isinstance(embeddings, (np.ndarray, jax.Array)):
+        embeddings = _checks.as_float_array(fn, "embeddings", embeddings)
+    elif not jnp.issubdtype(embeddings.dtype, jnp.floating):
+        raise TypeError(
+            f"{fn}: embeddings must have a floating dtype; got {embeddings.dtype}."
+        )
     _checks.check_rank(fn, "embeddings", embeddings, 4, "N, h, w, D")
     _checks.check_finite(fn, "embeddings", embeddings)
     if embeddings.shape[-1] == 0:
         raise ValueError(f"{fn}: embeddings have 0 channels (D = 0).")
-    flat = embeddings.reshape(-1, embeddings.shape[-1]).astype(jnp.float32)
+    flat = embeddings.reshape(-1, embeddings.shape[-1])
+    if flat.dtype != np.float32:
+        flat = flat.astype(np.float32)
     n, dim = flat.shape
     if n == 0:
         raise ValueError("patchcore.fit: embeddings are empty (no training images).")
     # Squared distances reach 4 max ||x||^2: they must not overflow to inf, which
-    # would make every patch equally far from the bank. (Jitted: one pass, no
-    # bank-sized temporary.)
-    largest = float(_largest_squared_norm(flat))
+    # would make every patch equally far from the bank.
+    largest = float(jnp.max(_map_rows(_largest_squared_norm, flat)))
     if not largest * 4 < float(jnp.finfo(jnp.float32).max):
         raise ValueError(
             f"{fn}: squared distances between embeddings overflow float32 (squared "
             f"norms up to {largest:.3g}). Are the images ImageNet-normalised?"
         )
     if config.coreset_ratio >= 1.0:
-        return PatchCoreState(memory_bank=flat, config=config)
+        return PatchCoreState(memory_bank=jnp.asarray(flat), config=config)
     n_select = max(1, int(n * config.coreset_ratio))
     key_proj, key_start = jax.random.split(key)
     if config.preset == "official":
@@ -298,7 +322,7 @@ def fit(
         if out_dim is None:
             out_dim = johnson_lindenstrauss_dim(n, eps=0.9)
         proj = sparse_random_projection(key_proj, dim, out_dim)
-    projected = flat @ proj
+    projected = _map_rows(lambda rows: rows @ proj, flat)
     if progress:
         print(
             f"patchcore: coreset of {n_select:,} out of {n:,} patches (coreset_ratio "
@@ -316,12 +340,32 @@ def fit(
         num_starting_points=config.num_starting_points,
         progress=progress,
     )
+    if isinstance(flat, np.ndarray):
+        return PatchCoreState(
+            memory_bank=jnp.asarray(flat[np.asarray(indices)]), config=config
+        )
     return PatchCoreState(memory_bank=flat[indices], config=config)
 
 
 @jax.jit
 def _largest_squared_norm(flat):
-    return jnp.max(jnp.einsum("nd,nd->n", flat, flat))
+    return jnp.max(jnp.einsum("nd,nd->n", flat, flat))[None]
+
+
+_ROW_CHUNK = 1 << 16
+
+
+def _map_rows(fn, flat):
+    """``fn`` over (N, D) rows in chunks, results concatenated along axis 0.
+
+    Host rows go to the device a chunk at a time (never all at once); device rows
+    are used in place.
+    """
+    if not isinstance(flat, np.ndarray):
+        return fn(flat)
+    parts = [fn(jnp.asarray(flat[i : i + _ROW_CHUNK]))
+             for i in range(0, flat.shape[0], _ROW_CHUNK)]
+    return parts[0] if len(parts) == 1 else jnp.concatenate(parts)
 
 
 _LONG_FIT_SECONDS = 300.0
@@ -360,7 +404,7 @@ def _duration(seconds: float) -> str:
 
 
 def _check_state(fn: str, state, embeddings) -> None:
-    """A :class:`PatchCoreState`, and (..., D) embeddings of the bank's dimension."""
+    """A :class:`PatchCoreState`, and floating (..., D) embeddings of the bank's D."""
     check_instance(fn, "state", state, PatchCoreState)
     dim = state.memory_bank.shape[-1]
     shape = getattr(embeddings, "shape", None)
@@ -369,6 +413,9 @@ def _check_state(fn: str, state, embeddings) -> None:
             f"{fn}: embeddings must be (..., {dim}) like the memory bank; got "
             f"shape {None if shape is None else tuple(shape)}."
         )
+    dtype = getattr(embeddings, "dtype", None)
+    if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(f"{fn}: embeddings must have a floating dtype; got {dtype}.")
 
 
 def _knn(state: PatchCoreState, embeddings, k: int, squared: bool):
@@ -409,9 +456,28 @@ def image_score(state: PatchCoreState, embeddings, patch_map: jax.Array) -> jax.
       (B,): official, the maximum patch score; anomalib, the maximum re-weighted by
       ``1 - softmax(d(m_test, N_b(m*)))[0]`` over the ``num_neighbors`` nearest bank
       entries of the test patch's nearest entry m* (paper eq. 7); with
-      ``num_neighbors == 1`` anomalib, too, returns the plain maximum.
+      ``num_neighbors == 1`` anomalib, too, returns the plain maximum. An empty
+      batch (B = 0) gives an empty (0,) result, as :func:`score` gives (0, h, w).
+
+    Raises:
+      TypeError: ``state`` not a :class:`PatchCoreState`; non-floating
+        ``embeddings`` or ``patch_map``.
+      ValueError: ``embeddings`` not (B, h, w, D) with the bank's D and h, w >= 1,
+        or ``patch_map`` not (B, h, w) like them.
     """
-    _check_state("patchcore.image_score", state, embeddings)
+    fn = "patchcore.image_score"
+    _check_state(fn, state, embeddings)
+    if len(embeddings.shape) != 4 or min(embeddings.shape[1:3]) < 1:
+        raise ValueError(
+            f"{fn}: embeddings must be (B, h, w, D) with h, w >= 1; got shape "
+            f"{tuple(embeddings.shape)}."
+        )
+    patch_map = _checks.as_float_array(fn, "patch_map", patch_map)
+    if tuple(patch_map.shape) != tuple(embeddings.shape[:3]):
+        raise ValueError(
+            f"{fn}: patch_map must be (B, h, w) = {tuple(embeddings.shape[:3])} like "
+            f"the embeddings; got shape {tuple(patch_map.shape)}."
+        )
     flat_scores = patch_map.reshape(patch_map.shape[0], -1)
     best = jnp.argmax(flat_scores, axis=1)
     top = jnp.take_along_axis(flat_scores, best[:, None], axis=1)[:, 0]

@@ -600,3 +600,21 @@ def test_fit_with_progress_reports_size_memory_and_a_time_estimate(
     assert f"coreset of {n // 2:,} out of {n:,} patches" in err
     assert "GiB" in err and "the coreset will take about" in err
     assert "--coreset-ratio 0.05" in err and "--num-train" in err
+
+
+@pytest.mark.parametrize("preset", ["official", "anomalib"])
+def test_fit_host_embeddings_in_row_chunks_equal_device_embeddings(
+    train_embeddings, key, monkeypatch, preset
+):
+    # Host embeddings are projected a chunk of rows at a time (7 here, so 60 rows
+    # make 9 chunks) and never copied to the device whole: the same bank.
+    config = PatchCoreConfig(preset=preset, coreset_ratio=0.2)
+    on_device = patchcore.fit(config, jnp.asarray(train_embeddings), key=key)
+    monkeypatch.setattr(patchcore, "_ROW_CHUNK", 7)
+    on_host = patchcore.fit(config, train_embeddings, key=key)
+    np.testing.assert_array_equal(np.asarray(on_host.memory_bank),
+                                  np.asarray(on_device.memory_bank))
+    huge = train_embeddings.copy()
+    huge[2, 1, 1, 3] = 1e19  # in the last chunk
+    with pytest.raises(ValueError, match="squared distances"):
+        patchcore.fit(config, huge, key=key)
