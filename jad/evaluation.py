@@ -117,15 +117,21 @@ def evaluate(
     """
     labels, masks, paths, types = [], [], [], []
 
-    def batches():
-        for batch in dataset.batches(batch_size, num_workers=num_workers):
-            labels.append(np.asarray(batch.labels, np.int32))
-            masks.append(np.asarray(batch.masks, bool))
-            paths.extend(batch.paths)
-            types.extend(str(t) for t in batch.defect_types)
-            yield batch.images
+    stream = dataset.batches(batch_size, num_workers=num_workers)
 
-    maps, scores, seconds = predict(detector, batches(), progress=progress)
+    class Images:  # the images of each batch; a len for the progress bar's total
+        def __len__(self):
+            return len(stream)
+
+        def __iter__(self):
+            for batch in stream:
+                labels.append(np.asarray(batch.labels, np.int32))
+                masks.append(np.asarray(batch.masks, bool))
+                paths.extend(batch.paths)
+                types.extend(str(t) for t in batch.defect_types)
+                yield batch.images
+
+    maps, scores, seconds = predict(detector, Images(), progress=progress)
     labels_a = np.concatenate(labels)
     masks_a = np.concatenate(masks)
     result = {

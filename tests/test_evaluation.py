@@ -404,3 +404,11 @@ def test_num_overlays_is_checked(tmp_path, capsys):
     status = main(["evaluate", "--state", str(tmp_path), "--num-overlays", "3"])
     assert status == 2
     assert "--num-overlays applies with --overlays" in capsys.readouterr().err
+
+
+def test_evaluate_progress_bar_has_a_total(saved, data_root, result, capsys):
+    test = _split(data_root, "test")
+    again = evaluation.evaluate(saved[0], test, batch_size=3, progress=True)
+    np.testing.assert_array_equal(again.scores, result[0].scores)
+    batches = -(-len(test) // 3)
+    assert f"{batches}/{batches}" in capsys.readouterr().err  # tqdm's n/total
