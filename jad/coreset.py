@@ -27,6 +27,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jad import _checks
 
@@ -184,7 +185,8 @@ def _greedy(points, initial, n_select, progress, report):
             count = min(count, n_select - done)
             start = time.perf_counter()
             min_d, selected = _greedy_block(points, min_d, count, size)
-            blocks.append(jax.block_until_ready(selected)[:count])
+            # Sliced on the host: a device slice would compile once per count.
+            blocks.append(np.asarray(selected)[:count])
             seconds = time.perf_counter() - start
             done += count
             bar.update(count)
@@ -197,7 +199,7 @@ def _greedy(points, initial, n_select, progress, report):
             # Aim at _BLOCK_SECONDS per call, growing at most 4x at a time.
             rate = seconds / count
             count = max(1, min(size, 4 * count, int(_BLOCK_SECONDS / max(rate, 1e-9))))
-    return blocks[0] if len(blocks) == 1 else jnp.concatenate(blocks)
+    return jnp.asarray(np.concatenate(blocks))
 
 
 def greedy_coreset(
