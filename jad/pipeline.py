@@ -133,6 +133,10 @@ def _check_images(fn: str, images, image_size=None):
         raise ValueError(
             f"{fn}: images must be (B, H, W, 3); got shape {images.shape}."
         )
+    if images.shape[0] == 0:
+        raise ValueError(
+            f"{fn}: images must hold at least one image; got shape {images.shape}."
+        )
     if not jnp.issubdtype(images.dtype, jnp.floating):
         raise TypeError(
             f"{fn}: images must be float (ImageNet-normalised); got {images.dtype}."
@@ -440,6 +444,7 @@ def calibrate(
       :class:`Calibration`.
 
     Raises:
+      TypeError: ``quantile`` not a real number.
       ValueError: ``quantile`` outside [0, 1], no images, or what :func:`predict`
         raises.
 
@@ -449,7 +454,25 @@ def calibrate(
       far lower), so a threshold taken on them flags new normal images. The
       default quantile, the largest score, suits a few dozen held-out images.
     """
-    if not 0.0 <= float(quantile) <= 1.0:
+    q_dtype = None
+    if not (quantile is None or isinstance(quantile, (str, bytes, bool, np.bool_))):
+        try:
+            q_dtype = jnp.result_type(quantile)
+        except TypeError:
+            pass
+    if (
+        q_dtype is None
+        or not (
+            jnp.issubdtype(q_dtype, jnp.floating)
+            or jnp.issubdtype(q_dtype, jnp.integer)
+        )
+        or np.ndim(quantile) != 0
+    ):
+        raise TypeError(
+            f"calibrate: quantile must be a real number in [0, 1]; got {quantile!r}."
+        )
+    quantile = float(quantile)
+    if not 0.0 <= quantile <= 1.0:
         raise ValueError(f"calibrate: quantile must be in [0, 1]; got {quantile}.")
     maps, scores, _ = predict(detector, batches, progress=progress)
     return Calibration(

@@ -841,3 +841,38 @@ def test_predict_cli_maps_at_the_files_size_and_the_threshold(
     # is the detector's nominal minimum, 0
     assert amap[45, 0] == 0.0 and amap[45, 60] != 0.0
     assert Image.open(out / "wide_overlay.png").size[1] == 90
+
+
+def test_empty_batches_are_refused_and_embed_images_gives_empty_embeddings(
+    small_detectors, small_train, real_vars
+):
+    empty = small_train[:0]
+    for method, detector in small_detectors.items():
+        with pytest.raises(ValueError, match="anomaly_maps: images must hold at least"):
+            pipeline.anomaly_maps(detector, empty)  # was a ZeroDivisionError
+        with pytest.raises(ValueError, match="predict: images must hold at least one"):
+            pipeline.predict(detector, [empty], progress=False)
+        with pytest.raises(ValueError, match="predict: images must hold at least one"):
+            pipeline.predict(detector, [small_train[:2], empty], progress=False)
+        embedded = pipeline.embed_images(
+            method, detector.config, BACKBONE, real_vars, empty
+        )
+        full = pipeline.embed_images(
+            method, detector.config, BACKBONE, real_vars, small_train[:2]
+        )
+        assert embedded.shape == (0, *full.shape[1:])
+
+
+def test_calibrate_refuses_a_quantile_that_is_not_a_real_number(
+    small_detectors, small_train
+):
+    detector = small_detectors["patchcore"]
+    for quantile in (None, "0.5", True, np.array([0.5, 1.0]), 0.5j):
+        with pytest.raises(TypeError, match="calibrate: quantile must be a real"):
+            pipeline.calibrate(detector, [small_train[:2]], quantile=quantile,
+                               progress=False)
+    with pytest.raises(ValueError, match="calibrate: quantile must be in"):
+        pipeline.calibrate(detector, [small_train[:2]], quantile=float("nan"))
+    cal = pipeline.calibrate(detector, [small_train[:2]], quantile=np.float32(0.5),
+                             progress=False)
+    assert cal.quantile == 0.5 and isinstance(cal.quantile, float)

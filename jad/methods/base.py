@@ -148,7 +148,11 @@ def check_config_fields(fn: str, config, *, ints=(), floats=(), bools=()) -> Non
 
 
 def check_levels(fn: str, config, features) -> None:
-    """Raises ``ValueError`` unless ``features`` holds every level of ``config``.
+    """Raises unless ``features`` holds every level of ``config``, well formed.
+
+    Each level of ``config.levels`` must be a floating (B, h, w, C) array with
+    h, w, C >= 1 and the same B (0 allowed) as the other levels. Shapes and dtypes
+    only, so the check also runs on tracers (under a caller's ``jit``).
 
     Args:
       fn: the caller, for the message.
@@ -157,6 +161,11 @@ def check_levels(fn: str, config, features) -> None:
 
     Returns:
       None.
+
+    Raises:
+      TypeError: ``features`` not a dict, a level not a floating array.
+      ValueError: a missing level, a level not (B, h, w, C) with h, w, C >= 1, or
+        levels of different batch sizes.
     """
     if not isinstance(features, dict):
         raise TypeError(
@@ -170,6 +179,35 @@ def check_levels(fn: str, config, features) -> None:
             f"config.levels {tuple(config.levels)}; got levels "
             f"{', '.join(map(str, sorted(features))) or 'none'}."
         )
+    batch = None
+    for level in config.levels:
+        f, name = features[level], f"features[{level}]"
+        dtype = None
+        if not (f is None or isinstance(f, (str, bytes))):
+            try:
+                dtype = jnp.result_type(f)
+            except TypeError:
+                pass
+        if dtype is None:
+            raise TypeError(
+                f"{fn}: {name} must be a floating (B, h, w, C) array; got "
+                f"{type(f).__name__}."
+            )
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise TypeError(f"{fn}: {name} must have a floating dtype; got {dtype}.")
+        shape = tuple(np.shape(f))
+        if len(shape) != 4 or min(shape[1:]) < 1:
+            raise ValueError(
+                f"{fn}: {name} must be (B, h, w, C) with h, w, C >= 1; got shape "
+                f"{shape}."
+            )
+        if batch is None:
+            batch = (level, shape[0])
+        elif shape[0] != batch[1]:
+            raise ValueError(
+                f"{fn}: every level of features must hold the same batch; "
+                f"features[{batch[0]}] has B = {batch[1]}, {name} has B = {shape[0]}."
+            )
 
 
 def check_postprocess(fn: str, config) -> None:
@@ -202,21 +240,86 @@ def postprocess(
     """Shared post-processing: upsample to the image size, then Gaussian blur.
 
     Args:
-      patch_map: (B, h, w) anomaly map at feature resolution.
-      image_size: (H, W) of the input images (static).
+      patch_map: (B, h, w) float anomaly map at feature resolution (any leading
+        axes: (..., h, w)).
+      image_size: (H, W) of the input images (static ints >= 1).
       upsample: ``"bilinear"`` (align_corners False; official PatchCore, PaDiM),
         ``"nearest"`` (anomalib PatchCore) or ``"bicubic"`` (PSDL).
-      sigma: blur standard deviation in pixels (0: no blur). Radius int(4 sigma + 0.5).
+      sigma: blur standard deviation in pixels, a concrete number >= 0 (0: no
+        blur). Radius int(4 sigma + 0.5).
       blur_mode: border handling of the blur (``"symmetric"`` is scipy's default
         ``reflect``; ``"reflect"`` is torch's).
 
     Returns:
       (B, H, W) float map.
+
+    Raises:
+      TypeError: non-floating ``patch_map``, non-int ``image_size``, ``sigma`` not
+        a real number, or traced (it decides whether and how wide to blur).
+      ValueError: ``patch_map`` with fewer than 2 axes or an empty h or w,
+        ``image_size`` not two ints >= 1, ``sigma`` negative, NaN or inf, unknown
+        ``upsample`` or ``blur_mode``.
     """
-    maps = ops.resize(patch_map, tuple(image_size), method=upsample)
+    fn = "postprocess"
+    patch_map = _checks.as_float_array(fn, "patch_map", patch_map, min_rank=2)
+    if min(patch_map.shape[-2:]) < 1:
+        raise ValueError(
+            f"{fn}: patch_map must be (B, h, w) with h, w >= 1; got shape "
+            f"{tuple(patch_map.shape)}."
+        )
+    if (
+        isinstance(image_size, (str, bytes))
+        or not hasattr(image_size, "__len__")
+        or len(image_size) != 2
+    ):
+        raise ValueError(
+            f"{fn}: image_size must be a pair (H, W) of ints; got {image_size!r}."
+        )
+    image_size = tuple(
+        _checks.check_int(fn, "image_size", n, low=1) for n in image_size
+    )
+    _checks.check_choice(fn, "upsample", upsample, UPSAMPLE_METHODS)
+    _checks.check_choice(fn, "blur_mode", blur_mode, BLUR_MODES)
+    sigma = _concrete_sigma(fn, sigma)
+    maps = ops.resize(patch_map, image_size, method=upsample)
     if sigma > 0:
         maps = ops.gaussian_blur(maps, sigma, mode=blur_mode)
     return maps
+
+
+def _concrete_sigma(fn: str, sigma) -> float:
+    """``sigma`` as a Python float: a concrete real scalar, finite and >= 0.
+
+    The blur's radius ``int(4 sigma + 0.5)`` and whether to blur at all (sigma 0)
+    are static, so a traced sigma is refused here (``ops.gaussian_blur`` with an
+    explicit ``radius`` differentiates w.r.t. sigma).
+    """
+    dtype = None
+    if not (sigma is None or isinstance(sigma, (str, bytes, bool, np.bool_))):
+        try:
+            dtype = jnp.result_type(sigma)
+        except TypeError:
+            pass
+    if dtype is None or not (
+        jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)
+    ):
+        raise TypeError(f"{fn}: sigma must be a real number; got {sigma!r}.")
+    if np.shape(sigma) != ():
+        raise ValueError(
+            f"{fn}: sigma must be a scalar; got shape {tuple(np.shape(sigma))}."
+        )
+    if not _checks.is_concrete(sigma):
+        raise TypeError(
+            f"{fn}: sigma must be a concrete number, not traced: it sets the blur's "
+            "radius int(4 sigma + 0.5) (use ops.gaussian_blur with radius= to "
+            "differentiate w.r.t. sigma)."
+        )
+    value = float(np.asarray(sigma))
+    if not (np.isfinite(value) and value >= 0):
+        raise ValueError(
+            f"{fn}: sigma must be a finite number >= 0 (0: no blur); got {sigma!r}."
+        )
+    return value
 
 
 def max_image_score(maps: jax.Array) -> jax.Array:

@@ -71,12 +71,20 @@ def channel_subset(total: int, n_features: int | None, seed: int = 1024) -> tupl
 
     Returns:
       Tuple of ``n_features`` distinct ints in ``range(total)``, in sample order.
+
+    Raises:
+      TypeError: ``total``, ``n_features`` (when given) or ``seed`` not an int.
+      ValueError: ``total`` < 1, ``n_features`` outside 1..total.
     """
+    fn = "padim.channel_subset"
+    total = _checks.check_int(fn, "total", total, low=1)
+    seed = _checks.check_int(fn, "seed", seed)
     if n_features is None:
         n_features = _DEFAULT_FEATURES.get(total, min(100, total))
+    n_features = _checks.check_int(fn, "n_features", n_features)
     if not 1 <= n_features <= total:
         raise ValueError(
-            f"PaDiM: n_features must be between 1 and {total}; got {n_features}."
+            f"{fn}: n_features must be between 1 and {total}; got {n_features}."
         )
     rng = random.Random()
     rng.seed(seed)
@@ -171,7 +179,10 @@ def embed(config: PaDiMConfig, features: dict) -> jax.Array:
       ``n_features == 0``).
 
     Raises:
-      ValueError: a level of ``config.levels`` is missing from ``features``.
+      TypeError: a level of non-floating features.
+      ValueError: a level of ``config.levels`` missing from ``features``, not
+        (B, h, w, C) with h, w, C >= 1, or levels of different batch sizes B (B = 0
+        gives empty embeddings).
     """
     check_levels("padim.embed", config, features)
     concat = _concat(config, features)
@@ -271,27 +282,41 @@ def _whiten_block(scatter, start, first, count, regularization, *, size):
 
     Sigma = scatter / (N - 1) + regularization I (``np.cov`` + 0.01 I), its
     Cholesky factor L and L^-1 by a triangular solve. Returns the updated (L, d, d)
-    array and whether the block's new factors are all finite (an overflowing
-    covariance gives L = inf and a finite but all-zero L^-1, which would score
-    everything 0).
+    array and two flags over the block's new locations: whether every covariance
+    is finite (an overflowing one gives L = inf and a finite but all-zero L^-1,
+    which would score everything 0), and whether every factor and its inverse are
+    finite (a finite covariance too ill-conditioned for float32 makes the
+    Cholesky meet a non-positive pivot: NaN).
     """
     block = jax.lax.dynamic_slice_in_dim(scatter, first, size)
     eye = jnp.eye(block.shape[-1], dtype=block.dtype)
-    chol = jnp.linalg.cholesky(block / (count - 1) + regularization * eye)
+    covariance = block / (count - 1) + regularization * eye
+    chol = jnp.linalg.cholesky(covariance)
     whitening = jax.lax.linalg.triangular_solve(
         chol, jnp.broadcast_to(eye, block.shape), left_side=True, lower=True
     )
     # Locations the previous block already whitened keep their values (whatever
     # the factorisation of those made).
     fresh = _fresh(first, start, size)[:, None, None]
-    finite = jnp.all(~fresh | (jnp.isfinite(chol) & jnp.isfinite(whitening)))
+    finite_cov = jnp.all(~fresh | jnp.isfinite(covariance))
+    finite_factor = jnp.all(~fresh | (jnp.isfinite(chol) & jnp.isfinite(whitening)))
     whitening = jnp.where(fresh, whitening, block)
-    return jax.lax.dynamic_update_slice_in_dim(scatter, whitening, first, 0), finite
+    updated = jax.lax.dynamic_update_slice_in_dim(scatter, whitening, first, 0)
+    return updated, finite_cov, finite_factor
 
 
 @functools.partial(jax.jit, static_argnames=("shape",), donate_argnums=(0,))
 def _reshape(x, shape):
     return x.reshape(shape)  # donated: no second state-sized copy
+
+
+def _check_dims(fn: str, name: str, x) -> None:
+    """(N, h, w, d) with h, w, d >= 1: a Gaussian needs locations and channels."""
+    if min(x.shape[1:]) < 1:
+        raise ValueError(
+            f"{fn}: {name} must have h, w, d >= 1 (a Gaussian per location over "
+            f"d >= 1 channels); got shape {tuple(x.shape)}."
+        )
 
 
 def _check_count(fn: str, count: int) -> None:
@@ -311,20 +336,32 @@ def _finish(fn: str, config: PaDiMConfig, moments: _Moments | None, progress: bo
     regularization = float(config.regularization)
     from tqdm.auto import tqdm
 
-    scatter, finites = moments.scatter, [jnp.all(jnp.isfinite(moments.mean))]
+    scatter = moments.scatter
+    finite_covs, finite_factors = [jnp.all(jnp.isfinite(moments.mean))], []
     starts = range(0, locations, size)
     for start in tqdm(starts, desc="padim: fit", unit="block", disable=not progress):
         first = min(start, locations - size)
-        scatter, finite = _whiten_block(
+        scatter, finite_cov, finite_factor = _whiten_block(
             scatter, start, first, float(count), regularization, size=size
         )
-        finites.append(finite)
+        finite_covs.append(finite_cov)
+        finite_factors.append(finite_factor)
         jax.block_until_ready(scatter)  # progress is real; Ctrl-C stops here
-    if not all(bool(f) for f in finites):
+    if not all(bool(f) for f in finite_covs):
         raise ValueError(
             f"{fn}: the fitted Gaussians are not finite: the covariance of embeddings "
             f"as large as {float(moments.largest):.3g} overflows float32. Are the "
             "images ImageNet-normalised?"
+        )
+    if not all(bool(f) for f in finite_factors):
+        raise ValueError(
+            f"{fn}: the Cholesky factorisation of a covariance failed in float32: "
+            f"with {count} training images of embeddings as large as "
+            f"{float(moments.largest):.3g}, the covariance + regularization "
+            f"{regularization:g} I is too ill-conditioned for float32 (it has not "
+            "overflowed). Use a larger PaDiMConfig(regularization=...) (e.g. about "
+            "1% of the embeddings' variance), more training images, or normalised "
+            "inputs (ImageNet-normalised images)."
         )
     return PaDiMState(
         mean=_reshape(moments.mean, (h, w, d)),
@@ -358,14 +395,16 @@ def fit(
 
     Raises:
       TypeError: ``config`` not a :class:`PaDiMConfig`; non-float embeddings.
-      ValueError: embeddings not (N, h, w, d), N < 2, NaN or inf in them, or a
-        covariance that overflows float32.
+      ValueError: embeddings not (N, h, w, d) with h, w, d >= 1, N < 2, NaN or
+        inf in them, a covariance that overflows float32, or one too
+        ill-conditioned for a float32 Cholesky at this ``regularization``.
     """
     del key
     fn = "padim.fit"
     check_instance(fn, "config", config, PaDiMConfig)
     embeddings = _checks.as_float_array(fn, "embeddings", embeddings)
     _checks.check_rank(fn, "embeddings", embeddings, 4, "N, h, w, d")
+    _check_dims(fn, "embeddings", embeddings)
     _checks.check_finite(fn, "embeddings", embeddings)
     _check_count(fn, embeddings.shape[0])  # before any work
     return _finish(fn, config, _merge(None, embeddings), progress)
@@ -404,9 +443,10 @@ def fit_batches(
 
     Raises:
       TypeError: ``config`` not a :class:`PaDiMConfig`; a non-float batch.
-      ValueError: a batch not (B, h, w, d) like the first one or holding NaN or inf
-        (the message names its index), fewer than 2 images in all, or a covariance
-        that overflows float32.
+      ValueError: a batch not (B, h, w, d) like the first one (h, w, d >= 1) or
+        holding NaN or inf (the message names its index), fewer than 2 images in
+        all, a covariance that overflows float32, or one too ill-conditioned for a
+        float32 Cholesky at this ``regularization``.
 
     Example:
       >>> import numpy as np
@@ -427,6 +467,7 @@ def fit_batches(
         name = f"batch {index}"
         batch = _checks.as_float_array(fn, name, batch)
         _checks.check_rank(fn, name, batch, 4, "B, h, w, d")
+        _check_dims(fn, name, batch)
         if moments is not None and tuple(batch.shape[1:]) != moments.shape:
             raise ValueError(
                 f"{fn}: {name} must be (B, {', '.join(map(str, moments.shape))}) "
@@ -448,7 +489,7 @@ def score(state: PaDiMState, embeddings) -> jax.Array:
       (B, h, w) distances (squared if ``config.squared``).
 
     Raises:
-      TypeError: ``state`` not a :class:`PaDiMState`.
+      TypeError: ``state`` not a :class:`PaDiMState`; non-floating embeddings.
       ValueError: embeddings not (B, h, w, d) with the state's h, w and d.
     """
     fn = "padim.score"
@@ -459,6 +500,9 @@ def score(state: PaDiMState, embeddings) -> jax.Array:
             f"{fn}: embeddings must be (B, {', '.join(map(str, state.mean.shape))}) "
             f"like the fitted state; got shape {shape}."
         )
+    dtype = getattr(embeddings, "dtype", None)
+    if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(f"{fn}: embeddings must have a floating dtype; got {dtype}.")
     diff = embeddings - state.mean
     z = jnp.einsum("hwij,bhwj->bhwi", state.whitening, diff,
                    precision=jax.lax.Precision.HIGHEST)

@@ -478,14 +478,15 @@ def image_score(state: PatchCoreState, embeddings, patch_map: jax.Array) -> jax.
             f"{fn}: patch_map must be (B, h, w) = {tuple(embeddings.shape[:3])} like "
             f"the embeddings; got shape {tuple(patch_map.shape)}."
         )
-    flat_scores = patch_map.reshape(patch_map.shape[0], -1)
+    b, h, w, d = embeddings.shape
+    flat_scores = patch_map.reshape(b, h * w)  # explicit sizes: B may be 0
     best = jnp.argmax(flat_scores, axis=1)
     top = jnp.take_along_axis(flat_scores, best[:, None], axis=1)[:, 0]
     # anomalib skips the re-weighting when num_neighbors == 1 (a softmax over one
     # entry would give weight 0 to every image).
     if state.config.preset == "official" or state.config.num_neighbors == 1:
         return top
-    flat = embeddings.reshape(embeddings.shape[0], -1, embeddings.shape[-1])
+    flat = jnp.reshape(embeddings, (b, h * w, d))
     test_patch = jnp.take_along_axis(flat, best[:, None, None], axis=1)[:, 0]
     _, nearest = _knn(state, test_patch, 1, False)
     m_star = state.memory_bank[nearest[:, 0]]

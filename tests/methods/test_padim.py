@@ -475,3 +475,66 @@ def test_fit_batches_memory_does_not_grow_with_the_number_of_batches(rng):
     grown = np.array(live[2:]) - before
     state_bytes = 8 * 16 * 16 * 4 + 8 * 16 * 4
     assert grown.max() <= state_bytes + 4 * batch.nbytes, grown
+
+
+# ------------------------------------------------------------- input validation
+
+
+def test_fit_refuses_embeddings_without_channels_or_locations(train):
+    for shape in ((3, 2, 2, 0), (3, 0, 2, 5), (3, 2, 0, 5)):
+        empty = np.ones(shape, np.float32)
+        with pytest.raises(ValueError, match="padim.fit: embeddings must have h, w, d"):
+            padim.fit(PaDiMConfig(), empty)  # was a ZeroDivisionError
+        with pytest.raises(ValueError, match="fit_batches: batch 0 must have h, w, d"):
+            padim.fit_batches(PaDiMConfig(), [empty])
+    with pytest.raises(ValueError, match="fit_batches: batch 1 must have h, w, d"):
+        padim.fit_batches(PaDiMConfig(), [train[:2], train[2:4, ..., :0]])
+
+
+def test_score_refuses_non_float_embeddings(state):
+    for dtype in (bool, np.int32):
+        with pytest.raises(TypeError, match="padim.score: embeddings must have a flo"):
+            padim.score(state, np.ones((2, 3, 4, 5), dtype))
+
+
+def test_channel_subset_checks_its_ints():
+    for args, name in ((("7", None), "total"), ((7.0, 3), "total"),
+                       ((7, 3.0), "n_features"), ((7, True), "n_features")):
+        with pytest.raises(TypeError, match=f"channel_subset: {name} must be a Python"):
+            padim.channel_subset(*args)
+    with pytest.raises(TypeError, match="channel_subset: seed must be a Python int"):
+        padim.channel_subset(7, 3, seed=1.5)
+    for total in (0, -1):
+        with pytest.raises(ValueError, match="channel_subset: total must be >= 1"):
+            padim.channel_subset(total, None)
+    assert padim.channel_subset(np.int64(7), np.int64(3)) == _reference_sample(7, 3)
+
+
+def test_embed_checks_every_level_and_embeds_an_empty_batch(features):
+    config = PaDiMConfig(n_features=5)
+    with pytest.raises(TypeError, match=r"padim.embed: features\[1\] must have a flo"):
+        padim.embed(config, {**features, 1: features[1].astype(np.int32)})
+    with pytest.raises(ValueError, match=r"features\[1\] has B = 3, features\[3\] has"):
+        padim.embed(config, {**features, 3: features[3][:2]})
+    with pytest.raises(ValueError, match=r"features\[2\] must be \(B, h, w, C\)"):
+        padim.embed(config, {**features, 2: features[2][0]})
+    empty = padim.embed(config, {k: v[:0] for k, v in features.items()})
+    assert empty.shape == (0, 8, 8, 5) and empty.dtype == jnp.float32
+
+
+def test_fit_tells_an_ill_conditioned_covariance_from_an_overflow(rng):
+    # Three images of O(1e4) values in 5 dimensions: Sigma (entries ~1e8, rank 2)
+    # + 0.01 I is finite but its condition number (~1e10) is beyond float32's
+    # Cholesky. A larger regularization fits; 1e20 values overflow.
+    train = (rng.standard_normal((3, 2, 2, 5)) * 1e4).astype(np.float32)
+    for fit in (lambda c, x: padim.fit(c, x),
+                lambda c, x: padim.fit_batches(c, [x[:2], x[2:]])):
+        with pytest.raises(ValueError, match="too ill-conditioned for float32") as err:
+            fit(PaDiMConfig(), train)
+        assert "overflows" not in str(err.value)
+        assert "regularization" in str(err.value)
+        state = fit(PaDiMConfig(regularization=1e4), train)
+        assert np.isfinite(np.asarray(state.whitening)).all()
+        with pytest.raises(ValueError, match="overflows float32") as err:
+            fit(PaDiMConfig(), train * np.float32(1e16))
+        assert "ill-conditioned" not in str(err.value)

@@ -618,3 +618,105 @@ def test_fit_host_embeddings_in_row_chunks_equal_device_embeddings(
     huge[2, 1, 1, 3] = 1e19  # in the last chunk
     with pytest.raises(ValueError, match="squared distances"):
         patchcore.fit(config, huge, key=key)
+
+
+# ------------------------------------------------------------- input validation
+
+
+@pytest.fixture
+def tiny_states(rng, key):
+    train = rng.standard_normal((2, 2, 2, 8)).astype(np.float32)
+    return {
+        preset: patchcore.fit(
+            PatchCoreConfig(preset=preset, pretrain_dim=8, target_dim=8,
+                            coreset_ratio=1.0, num_neighbors=2),
+            train, key=key,
+        )
+        for preset in ("official", "anomalib")
+    }
+
+
+@pytest.mark.parametrize("preset", ["official", "anomalib"])
+def test_image_score_checks_patch_map_against_the_embeddings(rng, tiny_states, preset):
+    state = tiny_states[preset]
+    emb = rng.standard_normal((2, 2, 2, 8)).astype(np.float32)
+    patch_map = patchcore.score(state, emb)
+    for wrong in (np.ones(8, np.float32), np.ones((2, 2, 3), np.float32),
+                  np.ones((1, 2, 2), np.float32)):
+        with pytest.raises(ValueError, match=r"image_score: patch_map must be \(B, h"):
+            patchcore.image_score(state, emb, wrong)
+        with pytest.raises(ValueError, match="patch_map"):  # shapes: under jit too
+            jax.jit(lambda e, p: patchcore.image_score(state, e, p))(emb, wrong)
+    with pytest.raises(TypeError, match="patch_map must have a floating dtype"):
+        patchcore.image_score(state, emb, np.asarray(patch_map).astype(np.int32))
+    with pytest.raises(ValueError, match=r"embeddings must be \(B, h, w, D\)"):
+        patchcore.image_score(state, emb[0], patch_map[0])
+    # An empty batch: empty scores, as score() gives empty maps.
+    empty = emb[:0]
+    empty_map = patchcore.score(state, empty)
+    assert empty_map.shape == (0, 2, 2)
+    assert patchcore.image_score(state, empty, empty_map).shape == (0,)
+
+
+def test_non_float_embeddings_are_refused_by_every_scoring_function(tiny_states):
+    state = tiny_states["official"]
+    candidates = np.zeros((1, 2, 2, 3), np.int32)
+    for dtype in (bool, np.int32):
+        emb = np.ones((1, 2, 2, 8), dtype)
+        calls = {
+            "score": lambda e: patchcore.score(state, e),
+            "image_score": lambda e: patchcore.image_score(
+                state, e, np.ones((1, 2, 2), np.float32)
+            ),
+            "candidate_indices": lambda e: patchcore.candidate_indices(state, e),
+            "restricted_score": lambda e: patchcore.restricted_score(
+                state, e, candidates
+            ),
+        }
+        for name, call in calls.items():
+            with pytest.raises(TypeError, match=f"{name}: embeddings must have a"):
+                call(emb)
+
+
+def test_adaptive_avg_pool_validates_x_and_size():
+    x = np.arange(12, dtype=np.float32).reshape(2, 6)
+    np.testing.assert_allclose(patchcore.adaptive_avg_pool(x, 3),
+                               x.reshape(2, 3, 2).mean(-1))
+    for size in (None, 2.0, True, "2"):
+        with pytest.raises(TypeError, match="adaptive_avg_pool: size must be"):
+            patchcore.adaptive_avg_pool(x, size)
+    for size in (0, -1):
+        with pytest.raises(ValueError, match="adaptive_avg_pool: size must be >= 1"):
+            patchcore.adaptive_avg_pool(x, size)
+    with pytest.raises(ValueError, match="x must have at least 1 dimensions"):
+        patchcore.adaptive_avg_pool(np.float32(1.0), 2)
+    with pytest.raises(ValueError, match=r"x must be \(\.\.\., L\) with L >= 1"):
+        patchcore.adaptive_avg_pool(np.ones((2, 0), np.float32), 2)  # was NaN
+    with pytest.raises(TypeError, match="x must have a floating dtype"):
+        patchcore.adaptive_avg_pool(x.astype(np.int32), 3)
+
+
+@pytest.mark.parametrize("preset", ["official", "anomalib"])
+def test_embed_checks_every_level_and_embeds_an_empty_batch(rng, preset):
+    config = PatchCoreConfig(preset=preset, pretrain_dim=8, target_dim=8)
+    features = {
+        2: rng.standard_normal((2, 4, 4, 3)).astype(np.float32),
+        3: rng.standard_normal((2, 2, 2, 5)).astype(np.float32),
+    }
+    with pytest.raises(ValueError, match=r"features\[2\] has B = 2, features\[3\] has"):
+        patchcore.embed(config, {**features, 3: features[3][:1]})
+    with pytest.raises(ValueError, match=r"features\[2\] must be \(B, h, w, C\)"):
+        patchcore.embed(config, {**features, 2: features[2][0]})
+    with pytest.raises(ValueError, match=r"features\[3\] must be \(B, h, w, C\) with"):
+        patchcore.embed(config, {**features, 3: features[3][..., :0]})
+    for dtype in (bool, np.int32):
+        with pytest.raises(TypeError, match=r"embed: features\[2\] must have a float"):
+            patchcore.embed(config, {**features, 2: features[2].astype(dtype)})
+    with pytest.raises(ValueError, match="same batch"):  # shapes: under jit too
+        jax.jit(lambda f: patchcore.embed(config, f))(
+            {**features, 3: features[3][:1]}
+        )
+    # B = 0 (the official preset's unfold used to divide by it): empty embeddings.
+    full = patchcore.embed(config, features)
+    empty = patchcore.embed(config, {k: v[:0] for k, v in features.items()})
+    assert empty.shape == (0, *full.shape[1:])
