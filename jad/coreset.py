@@ -129,6 +129,7 @@ def _mean_distance(points, starts):
 _MAX_BLOCK = 4096  # picks per compiled call at most (the size of its index buffer)
 _FIRST_BLOCK = 4  # picks of the first call (which also compiles)
 _BLOCK_SECONDS = 1.0  # wall time aimed at per call: progress and Ctrl-C this often
+_ESTIMATE_SECONDS = 3.0  # picks timed (after compilation) before the estimate
 
 
 @functools.partial(jax.jit, static_argnames=("size",))
@@ -169,7 +170,8 @@ def _greedy(points, initial, n_select, progress, report):
     measured speed so that each takes about ``_BLOCK_SECONDS``: the progress bar
     moves and Ctrl-C is honoured at least that often, whatever the bank size and
     device; one compilation serves every block (the pick count is traced). After
-    the first timed block ``report`` (if given) receives a :class:`CoresetEstimate`.
+    about three seconds of timed picks (or at the end) ``report`` (if given)
+    receives a :class:`CoresetEstimate`.
     Under a caller's ``jit`` (tracers) it is one loop.
     """
     if not _checks.is_concrete(points):
@@ -177,7 +179,8 @@ def _greedy(points, initial, n_select, progress, report):
     from tqdm.auto import tqdm
 
     size = min(_MAX_BLOCK, n_select)
-    count, done, timed, blocks, min_d = min(_FIRST_BLOCK, size), 0, False, [], initial
+    count, done, blocks, min_d = min(_FIRST_BLOCK, size), 0, [], initial
+    timed_picks, timed_seconds, reported = 0, 0.0, False
     with tqdm(
         total=n_select, desc="coreset", unit="point", disable=not progress
     ) as bar:
@@ -190,12 +193,16 @@ def _greedy(points, initial, n_select, progress, report):
             seconds = time.perf_counter() - start
             done += count
             bar.update(count)
-            if not timed and blocks[1:]:  # the first call also compiled
-                timed = True
-                per_pick = seconds / count
-                if report is not None:
-                    report(CoresetEstimate(points.shape[0], n_select, per_pick,
-                                           per_pick * n_select))
+            if blocks[1:]:  # the first call also compiled: not timed
+                timed_picks += count
+                timed_seconds += seconds
+                if not reported and (timed_seconds >= _ESTIMATE_SECONDS
+                                     or done == n_select):
+                    reported = True
+                    per_pick = timed_seconds / timed_picks
+                    if report is not None:
+                        report(CoresetEstimate(points.shape[0], n_select, per_pick,
+                                               per_pick * n_select))
             # Aim at _BLOCK_SECONDS per call, growing at most 4x at a time.
             rate = seconds / count
             count = max(1, min(size, 4 * count, int(_BLOCK_SECONDS / max(rate, 1e-9))))
@@ -229,9 +236,9 @@ def greedy_coreset(
       progress: show a progress bar. The selection runs in blocks timed to take
         about a second each (a host wait per block, none per pick), so the bar
         moves and Ctrl-C stops the selection at least that often.
-      report: called once, after the first timed block, with a
-        :class:`CoresetEstimate` of the whole selection (time per pick measured
-        on this device); e.g. to warn that a fit will be long.
+      report: called once, after about three seconds of picks (or at the end),
+        with a :class:`CoresetEstimate` of the whole selection (time per pick
+        measured on this device); e.g. to warn that a fit will be long.
 
     Returns:
       (n_select,) int32 indices into ``points``, in selection order (distinct unless
