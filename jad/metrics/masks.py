@@ -12,6 +12,8 @@ how images are combined:
 
 An image (or, pooled, a set) where both masks are empty agrees perfectly and scores
 100; filter such images out with ``reduction="none"`` when they should not count.
+Masks without any pixel (a zero-size array: no image, or H or W = 0) are refused:
+there is nothing to compare, and a mean over no images has no value.
 """
 
 from __future__ import annotations
@@ -36,6 +38,11 @@ def _counts(fn: str, pred, gt, reduction: str):
     if pred.ndim < 2:
         raise ValueError(
             f"{fn}: pred and gt must be (..., H, W) masks; got shape {pred.shape}."
+        )
+    if pred.size == 0:
+        raise ValueError(
+            f"{fn}: pred and gt must hold at least one pixel (one image with H, W >= "
+            f"1); got shape {pred.shape}."
         )
     axes = (-2, -1)
     both = np.count_nonzero(pred & gt, axis=axes)
@@ -72,10 +79,13 @@ def iou(
 
     Returns:
       A Python float in [0, 100] (``"pooled"``, ``"mean"``), or a (...) float64
-      array (``"none"``). Where both masks are empty the IoU is 100.
+      array (``"none"``). Where both masks are empty (an empty union: no
+      anomalous pixel predicted or present) the IoU is 100, by convention: the
+      masks agree perfectly. This holds per image and, pooled, for the whole set.
 
     Raises:
-      ValueError: shapes differ, rank < 2, masks not binary, unknown ``reduction``.
+      ValueError: shapes differ, rank < 2, zero-size masks (no image or no pixel),
+        masks not binary, unknown ``reduction``.
       TypeError: non-numeric masks.
 
     Example:
@@ -104,10 +114,13 @@ def dice(
 
     Returns:
       A Python float in [0, 100] (``"pooled"``, ``"mean"``), or a (...) float64
-      array (``"none"``). Where both masks are empty the DICE is 100.
+      array (``"none"``). Where both masks are empty (an empty union: no
+      anomalous pixel predicted or present) the DICE is 100, by convention: the
+      masks agree perfectly. This holds per image and, pooled, for the whole set.
 
     Raises:
-      ValueError: shapes differ, rank < 2, masks not binary, unknown ``reduction``.
+      ValueError: shapes differ, rank < 2, zero-size masks (no image or no pixel),
+        masks not binary, unknown ``reduction``.
       TypeError: non-numeric masks.
 
     Example:

@@ -44,10 +44,17 @@ _TRUNCATE = 4.0
 # a 2-core CPU at 33 taps: equal speed near n = 224 (0.5 ms per 224x224 map), the matrix
 # 3.5x faster at 64x64, the shifted sum 3x faster at 1024x1024.
 _MATMUL_MAX_RATIO = 7
+# Kernels wider than the axis are folded onto it (exactly), so the matrix costs O(n²)
+# whatever the radius; the taps themselves are still computed: 2 * 2^20 + 1 of them
+# (8 MB in float32, sigma ~ 2.6e5 px) at most. Wider blurs are refused.
+_MAX_RADIUS = 2**20 - 1
 
 
 def _gaussian_weights(sigma: jax.Array, radius: int, dtype) -> jax.Array:
-    """(2 radius + 1,) normalised Gaussian taps, as scipy's ``_gaussian_kernel1d``."""
+    """(2 radius + 1,) normalised Gaussian taps, as scipy's ``_gaussian_kernel1d``.
+
+    ``dtype`` is float32 or wider: tap positions up to 2^23 are exact there.
+    """
     x = jnp.arange(-radius, radius + 1, dtype=dtype)
     # A guard instead of a NaN for sigma -> 0 (the blur tends to the identity).
     var = jnp.maximum(sigma * sigma, jnp.finfo(dtype).tiny)
@@ -64,7 +71,45 @@ def _source_index(n: int, radius: int, mode: str) -> np.ndarray:
     return np.pad(index, radius, mode=mode)
 
 
-def _blur_matrix(weights: jax.Array, n: int, radius: int, mode: str) -> jax.Array:
+def _period(n: int, mode: str) -> int:
+    """Period of the border extension of an axis of length n (0: not periodic)."""
+    return {"symmetric": 2 * n, "reflect": max(2 * n - 2, 1), "wrap": n}.get(mode, 0)
+
+
+def _fold(weights: jax.Array, radius: int, n: int, mode: str):
+    """Taps folded onto an axis of length n: (weights, radius) with radius <= n.
+
+    Exact, for every mode: the taps k and k + P of a periodic extension (period P)
+    read the same pixel for every output, so their weights are summed; with
+    ``"edge"`` every tap beyond ±(n - 1) reads the border pixel, so the tails are
+    summed onto the taps ±(n - 1); with ``"constant"`` taps beyond ±(n - 1) only read
+    zeros and are dropped (the weights stay normalised over all taps, as scipy's).
+    """
+    period = _period(n, mode)
+    if period:
+        short = period // 2  # 2 short + 1 >= period: one tap per residue
+        if radius <= short:
+            return weights, radius
+        # Tap k goes to residue (k + short) mod P, i.e. to the tap k' in
+        # [-short, P - 1 - short]: pad so that index j holds residue j mod P.
+        front = (short - radius) % period
+        total = front + weights.shape[0]
+        padded = jnp.pad(weights, (front, -total % period))
+        folded = padded.reshape(-1, period).sum(axis=0)
+        return jnp.pad(folded, (0, 2 * short + 1 - period)), short
+    short = n - 1
+    if radius <= short:
+        return weights, radius
+    inner = weights[radius - short : radius + short + 1]
+    if mode == "constant":
+        return inner, short
+    # "edge": the tails land on the border taps.
+    left = jnp.sum(weights[: radius - short])
+    right = jnp.sum(weights[radius + short + 1 :])
+    return inner.at[0].add(left).at[-1].add(right), short
+
+
+def _blur_matrix(weights: jax.Array, radius: int, n: int, mode: str) -> jax.Array:
     """(n, n) matrix A with the border extension folded in: blur(x) = A @ x."""
     taps = 2 * radius + 1
     index = _source_index(n, radius, mode)
@@ -83,7 +128,7 @@ def _blur_axis(x: jax.Array, weights: jax.Array, radius: int, mode: str, axis: i
     if radius == 0:
         return x * weights[0]
     if n <= _MATMUL_MAX_RATIO * taps:
-        matrix = _blur_matrix(weights, n, radius, mode)
+        matrix = _blur_matrix(*_fold(weights, radius, n, mode), n, mode)
         highest = jax.lax.Precision.HIGHEST
         if axis == -1:
             return jnp.matmul(x, matrix.T, precision=highest)
@@ -103,13 +148,48 @@ def _blur_axis(x: jax.Array, weights: jax.Array, radius: int, mode: str, axis: i
 
 def _radius(fn: str, sigma, radius) -> int:
     if radius is not None:
-        return _checks.check_int(fn, "radius", radius, low=0)
+        radius = _checks.check_int(fn, "radius", radius, low=0)
+        if radius > _MAX_RADIUS:
+            raise ValueError(
+                f"{fn}: radius must be at most {_MAX_RADIUS}; got {radius}."
+            )
+        return radius
     if not _checks.is_concrete(sigma):
         raise ValueError(
             f"{fn}: radius must be given when sigma is traced (it sets the kernel "
             "size, which must be static); pass radius=int(4 * sigma + 0.5)."
         )
-    return int(_TRUNCATE * float(np.asarray(sigma)) + 0.5)
+    value = float(np.asarray(sigma))
+    if _TRUNCATE * value + 0.5 >= _MAX_RADIUS + 1:
+        raise ValueError(
+            f"{fn}: sigma must be at most {(_MAX_RADIUS + 0.5) / _TRUNCATE:g} (a "
+            f"kernel radius int(4 * sigma + 0.5) of at most {_MAX_RADIUS} taps); got "
+            f"{sigma!r}. A blur that wide is flat over any map: use a smaller sigma."
+        )
+    return int(_TRUNCATE * value + 0.5)
+
+
+def _check_sigma(fn: str, sigma) -> None:
+    """``sigma``: a real scalar (type and shape also when traced), finite and > 0."""
+    try:
+        dtype = (
+            None
+            if sigma is None or isinstance(sigma, (str, bytes, bool, np.bool_))
+            else jnp.result_type(sigma)
+        )
+    except TypeError:
+        dtype = None
+    if dtype is None or not (
+        jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)
+    ):
+        raise TypeError(f"{fn}: sigma must be a real number; got {sigma!r}.")
+    shape = sigma.shape if hasattr(sigma, "shape") else np.shape(sigma)
+    if shape != ():
+        raise ValueError(f"{fn}: sigma must be a scalar; got shape {tuple(shape)}.")
+    if _checks.is_concrete(sigma):
+        value = float(np.asarray(sigma))
+        if not np.isfinite(value) or value <= 0:
+            raise ValueError(f"{fn}: sigma must be a finite number > 0; got {sigma!r}.")
 
 
 def gaussian_blur(
@@ -142,18 +222,25 @@ def gaussian_blur(
       (..., H, W) blurred maps, dtype of ``maps``.
 
     Raises:
-      ValueError: ``maps`` with fewer than 2 axes, ``sigma`` not a positive finite
-        scalar, negative ``radius``, traced ``sigma`` without ``radius``, unknown
+      ValueError: ``maps`` with fewer than 2 axes or an empty H or W, ``sigma`` not
+        a positive finite scalar or above ~2.6e5 (a radius over 2^20 - 1 taps), a
+        ``radius`` outside 0..2^20 - 1, traced ``sigma`` without ``radius``, unknown
         ``mode``.
-      TypeError: non-floating ``maps``, non-int ``radius``.
+      TypeError: non-floating ``maps``, non-real ``sigma``, non-int ``radius``.
 
     Note:
       Borders wider than the map (radius >= H or W) are extended by repeated
-      reflection, as scipy does. Axes up to 7 x (2 radius + 1) long are blurred by a
-      product with a dense banded (n, n) matrix (full float32 precision on GPU/TPU
-      too), longer axes by a sum of shifted slices; a NaN or inf in the matrix path
-      spreads along its whole row and column, so give finite maps. Gradients flow to
-      ``maps`` and to ``sigma``.
+      reflection, as scipy does; such kernels are first folded exactly onto the
+      axis (taps one period apart read the same pixel; with ``"edge"`` the tails
+      read the border pixel, with ``"constant"`` zeros), so a wide blur costs
+      O(radius + n²) and still equals scipy's in every mode. The kernel is not cut
+      to the map's size: that would renormalise the taps and change the result in
+      every mode, so radii above 2^20 - 1 are refused instead. float16 and
+      bfloat16 maps are blurred in float32 and cast back. Axes up to
+      7 x (2 radius + 1) long are blurred by a product with a dense banded (n, n)
+      matrix (full float32 precision on GPU/TPU too), longer axes by a sum of
+      shifted slices; a NaN or inf in the matrix path spreads along its whole row
+      and column, so give finite maps. Gradients flow to ``maps`` and to ``sigma``.
 
     Example:
       >>> import jax.numpy as jnp
@@ -164,16 +251,16 @@ def gaussian_blur(
     """
     fn = "gaussian_blur"
     maps = _checks.as_float_array(fn, "maps", maps, min_rank=2)
+    if maps.shape[-2] < 1 or maps.shape[-1] < 1:
+        raise ValueError(
+            f"{fn}: maps must have H, W >= 1 to blur; got shape {tuple(maps.shape)}."
+        )
     _checks.check_choice(fn, "mode", mode, _MODES)
-    if isinstance(sigma, (str, bytes)) or sigma is None:
-        raise TypeError(f"{fn}: sigma must be a number; got {type(sigma).__name__}.")
-    if jnp.ndim(sigma) != 0:
-        raise ValueError(f"{fn}: sigma must be a scalar; got shape {jnp.shape(sigma)}.")
-    if _checks.is_concrete(sigma):
-        value = float(np.asarray(sigma))
-        if not np.isfinite(value) or value <= 0:
-            raise ValueError(f"{fn}: sigma must be a finite number > 0; got {sigma!r}.")
+    _check_sigma(fn, sigma)
     radius = _radius(fn, sigma, radius)
-    weights = _gaussian_weights(jnp.asarray(sigma, maps.dtype), radius, maps.dtype)
-    out = _blur_axis(maps, weights, radius, mode, -1)
-    return _blur_axis(out, weights, radius, mode, -2)
+    # float16/bfloat16 maps are blurred in float32 (taps beyond 2^8 would overflow
+    # x² in float16) and cast back.
+    work = jnp.promote_types(maps.dtype, jnp.float32)
+    weights = _gaussian_weights(jnp.asarray(sigma, work), radius, work)
+    out = _blur_axis(maps.astype(work), weights, radius, mode, -1)
+    return _blur_axis(out, weights, radius, mode, -2).astype(maps.dtype)

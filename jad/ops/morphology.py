@@ -30,8 +30,12 @@ Border = Literal["zero", "one", "ignore"]
 _BORDERS = ("zero", "one", "ignore")
 
 
-def _footprint(fn: str, size, footprint) -> np.ndarray:
-    """The static (kh, kw) bool footprint from ``size`` or ``footprint``."""
+def _footprint(fn: str, size, footprint, shape: tuple[int, int]) -> np.ndarray:
+    """The static (kh, kw) bool footprint from ``size`` or ``footprint``.
+
+    A ``size`` rectangle is built at most (2H + 1, 2W + 1) for (H, W) = ``shape``
+    (see :func:`_shifts`), so a huge size allocates nothing huge.
+    """
     if size is not None and footprint is not None:
         raise ValueError(f"{fn}: give size or footprint, not both.")
     if footprint is not None:
@@ -62,11 +66,16 @@ def _footprint(fn: str, size, footprint) -> np.ndarray:
         kh = kw = _checks.check_int(fn, "size", size, low=1)
     if kh % 2 == 0 or kw % 2 == 0:
         raise ValueError(f"{fn}: size must be odd (centred footprint); got {size!r}.")
-    return np.ones((kh, kw), bool)
+    return np.ones((min(kh, 2 * shape[0] + 1), min(kw, 2 * shape[1] + 1)), bool)
 
 
 def _check_masks(fn: str, masks) -> jax.Array:
-    masks = jnp.asarray(masks)
+    try:
+        masks = jnp.asarray(masks)
+    except TypeError as err:
+        raise TypeError(
+            f"{fn}: masks must be a bool array; got {type(masks).__name__}."
+        ) from err
     if masks.dtype != jnp.bool_:
         raise TypeError(
             f"{fn}: masks must be a bool array; got dtype {masks.dtype} (binarise "
@@ -76,6 +85,10 @@ def _check_masks(fn: str, masks) -> jax.Array:
         raise ValueError(
             f"{fn}: masks must be (..., H, W); got shape {tuple(masks.shape)}."
         )
+    if masks.shape[-2] < 1 or masks.shape[-1] < 1:
+        raise ValueError(
+            f"{fn}: masks must have H, W >= 1; got shape {tuple(masks.shape)}."
+        )
     return masks
 
 
@@ -84,14 +97,19 @@ def _shifts(masks: jax.Array, footprint: np.ndarray, outside: bool, reduce, sign
 
     ``sign = +1`` reads ``x[i + a - ca, j + b - cb]`` (erosion); ``sign = -1`` reads
     ``x[i - (a - ca), j - (b - cb)]`` (dilation: the footprint is reflected, as scipy).
-    A full rectangle is done as a row pass then a column pass.
+    A full rectangle is done as a row pass then a column pass, and is first cut to
+    at most (2H + 1, 2W + 1): beyond that every window already covers the whole
+    image and some outside pixels on both sides, so the result is the same.
     """
+    h, w = masks.shape[-2:]
+    if footprint.all():
+        kh, kw = footprint.shape
+        footprint = np.ones((min(kh, 2 * h + 1), min(kw, 2 * w + 1)), bool)
     kh, kw = footprint.shape
     if footprint.all() and kh > 1 and kw > 1:
         rows = _shifts(masks, np.ones((1, kw), bool), outside, reduce, sign)
         return _shifts(rows, np.ones((kh, 1), bool), outside, reduce, sign)
     ch, cw = kh // 2, kw // 2
-    h, w = masks.shape[-2:]
     pad = [(0, 0)] * (masks.ndim - 2) + [(ch, ch), (cw, cw)]
     padded = jnp.pad(masks, pad, constant_values=outside)
     out = None
@@ -116,7 +134,7 @@ def _erode(masks, fp, border):
 
 def _prepare(fn, masks, size, footprint, border):
     masks = _check_masks(fn, masks)
-    fp = _footprint(fn, size, footprint)
+    fp = _footprint(fn, size, footprint, masks.shape[-2:])
     _checks.check_choice(fn, "border", border, _BORDERS)
     return masks, fp
 
@@ -150,8 +168,8 @@ def dilate(
 
     Raises:
       TypeError: non-bool ``masks`` or ``footprint``, non-int ``size``.
-      ValueError: fewer than 2 axes, even or non-positive sizes, both ``size`` and
-        ``footprint``, an empty footprint, unknown ``border``.
+      ValueError: fewer than 2 axes, an empty H or W, even or non-positive sizes,
+        both ``size`` and ``footprint``, an empty footprint, unknown ``border``.
 
     Example:
       >>> import jax.numpy as jnp
@@ -194,8 +212,8 @@ def erode(
 
     Raises:
       TypeError: non-bool ``masks`` or ``footprint``, non-int ``size``.
-      ValueError: fewer than 2 axes, even or non-positive sizes, both ``size`` and
-        ``footprint``, an empty footprint, unknown ``border``.
+      ValueError: fewer than 2 axes, an empty H or W, even or non-positive sizes,
+        both ``size`` and ``footprint``, an empty footprint, unknown ``border``.
 
     Example:
       >>> import jax.numpy as jnp
@@ -237,8 +255,8 @@ def opening(
 
     Raises:
       TypeError: non-bool ``masks`` or ``footprint``, non-int ``size``.
-      ValueError: fewer than 2 axes, even or non-positive sizes, both ``size`` and
-        ``footprint``, an empty footprint, unknown ``border``.
+      ValueError: fewer than 2 axes, an empty H or W, even or non-positive sizes,
+        both ``size`` and ``footprint``, an empty footprint, unknown ``border``.
 
     Example:
       >>> import jax.numpy as jnp
@@ -282,8 +300,8 @@ def closing(
 
     Raises:
       TypeError: non-bool ``masks`` or ``footprint``, non-int ``size``.
-      ValueError: fewer than 2 axes, even or non-positive sizes, both ``size`` and
-        ``footprint``, an empty footprint, unknown ``border``.
+      ValueError: fewer than 2 axes, an empty H or W, even or non-positive sizes,
+        both ``size`` and ``footprint``, an empty footprint, unknown ``border``.
 
     Example:
       >>> import jax.numpy as jnp

@@ -197,7 +197,8 @@ def resize(
       ValueError: too few axes, an empty H or W, a bad ``shape``, unknown ``method``,
         ``align_corners`` or ``antialias`` with ``"nearest"``, ``antialias`` with
         ``align_corners``.
-      TypeError: non-floating ``maps`` for bilinear/bicubic, non-int ``shape``.
+      TypeError: non-floating ``maps`` for bilinear/bicubic, non-numeric ``maps``
+        for nearest, non-int ``shape``.
 
     Note:
       Interpolation weights are computed in float64 and applied by a matrix product
@@ -223,7 +224,13 @@ def resize(
                 f"{fn}: align_corners and antialias apply to 'bilinear' and 'bicubic' "
                 "only (as in PyTorch); got method='nearest'."
             )
-        maps = jnp.asarray(maps)
+        try:
+            maps = jnp.asarray(maps)
+        except TypeError as err:
+            raise TypeError(
+                f"{fn}: maps must be a numeric or bool array; got "
+                f"{type(maps).__name__}."
+            ) from err
     else:
         maps = _checks.as_float_array(fn, "maps", maps)
         if antialias and align_corners:

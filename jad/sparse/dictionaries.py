@@ -64,7 +64,7 @@ def dct_dictionary(m: int, K: int, *, separable: bool = False) -> jax.Array:  # 
     DCT-II basis (the columns of the inverse DCT-II matrix).
 
     Args:
-      m: signal dimension (rows).
+      m: signal dimension (rows), m >= 1.
       K: number of atoms (columns), K >= m.
       separable: build the 2-D separable DCT of a sqrt(m) x sqrt(m) patch as
         ``kron(C, C)`` with C the 1-D (sqrt(m), sqrt(K)) dictionary, atom
@@ -75,7 +75,7 @@ def dct_dictionary(m: int, K: int, *, separable: bool = False) -> jax.Array:  # 
       (m, K) float32 array with unit-norm columns.
 
     Raises:
-      ValueError: K < m, or non-square m, K with ``separable=True``.
+      ValueError: m < 1, K < m, or non-square m, K with ``separable=True``.
       TypeError: m or K not an int.
 
     Example:
@@ -134,7 +134,7 @@ def haar_dictionary(m: int, K: int, *, separable: bool = False) -> jax.Array:  #
     Overcomplete dictionaries append circularly shifted copies of the wavelets.
 
     Args:
-      m: signal dimension.
+      m: signal dimension, m >= 1.
       K: number of atoms, K >= m.
       separable: 2-D separable Haar of a sqrt(m) x sqrt(m) patch, ``kron(H, H)``.
 
@@ -142,7 +142,7 @@ def haar_dictionary(m: int, K: int, *, separable: bool = False) -> jax.Array:  #
       (m, K) float32 array with unit-norm columns.
 
     Raises:
-      ValueError: K < m, or non-square m, K with ``separable=True``.
+      ValueError: m < 1, K < m, or non-square m, K with ``separable=True``.
       TypeError: m or K not an int.
 
     Note:
@@ -168,7 +168,7 @@ def random_dictionary(key: jax.Array, m: int, K: int) -> jax.Array:  # noqa: N80
     uniformly distributed on the unit sphere.
 
     Args:
-      key: a JAX PRNG key.
+      key: one JAX PRNG key (``jax.random.key(seed)`` or a raw uint32 (2,) key).
       m: signal dimension.
       K: number of atoms (any K >= 1; K < m gives an undercomplete dictionary).
 
@@ -176,7 +176,7 @@ def random_dictionary(key: jax.Array, m: int, K: int) -> jax.Array:  # noqa: N80
       (m, K) float32 array with unit-norm columns.
 
     Raises:
-      TypeError: m or K not an int.
+      TypeError: m or K not an int, ``key`` not one PRNG key.
       ValueError: m or K < 1.
 
     Example:
@@ -185,6 +185,7 @@ def random_dictionary(key: jax.Array, m: int, K: int) -> jax.Array:  # noqa: N80
       >>> random_dictionary(jax.random.key(0), 4, 6).shape
       (4, 6)
     """
+    _checks.check_key("random_dictionary", "key", key)
     m = _checks.check_int("random_dictionary", "m", m, low=1)
     num_atoms = _checks.check_int("random_dictionary", "K", K, low=1)
     atoms = jax.random.normal(key, (m, num_atoms), jnp.float32)

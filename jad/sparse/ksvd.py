@@ -7,7 +7,11 @@ feature location, e.g. 196 locations of 256 channels, so :func:`ksvd` is written
 set of signals and vmapped over locations: ``jax.vmap(ksvd_fn)(signals, dictionaries)``.
 
 Conventions: ``signals`` (N, m) has one signal per row; dictionaries (m, K) hold atoms
-as columns; codes (N, K) satisfy ``signals ≈ codes @ dictionary.T``.
+as columns; codes (N, K) satisfy ``signals ≈ codes @ dictionary.T``. As in
+:func:`jad.sparse.omp`, the work is done on the signals divided by a power of two near
+their largest magnitude (K-SVD is scale-equivariant: the atoms do not change, codes and
+errors scale back exactly), so finite signals of any magnitude are learnt from, and
+float16/bfloat16 inputs are computed in float32 and the results cast back.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from jad import _checks
-from jad.sparse.omp import omp
+from jad.sparse.omp import _exponent, _times_pow2, omp
 
 __all__ = ["KSVDResult", "ksvd"]
 
@@ -136,7 +140,8 @@ def ksvd(
       n_nonzero: static int s, 1 <= s <= K, OMP sparsity (PSDL: K/4).
       n_iter: static int >= 1, number of K-SVD iterations (PSDL: 20).
       method: ``"exact"`` (SVD) or ``"approx"`` (Rubinstein et al.).
-      key: optional PRNG key. With a key, each sweep visits the atoms in a fresh
+      key: optional PRNG key (one: ``jax.random.key(seed)`` or a raw uint32 (2,)
+        key; vmap for several). With a key, each sweep visits the atoms in a fresh
         random order (as Rubinstein's ksvdbox does); without one, in order 0..K-1
         (as sparselandtools and PSDL do).
       monotone: keep a signal's previous code when the new OMP code represents it
@@ -151,12 +156,15 @@ def ksvd(
 
     Returns:
       :class:`KSVDResult` (dictionary (m, K), codes (N, K), errors (n_iter,),
-      n_replaced (n_iter,)), in the promoted float dtype of the inputs.
+      n_replaced (n_iter,)), in the promoted float dtype of the inputs (float16 and
+      bfloat16 inputs are computed in float32 and the results cast back).
 
     Raises:
-      ValueError: bad shapes, ``n_nonzero`` outside 1..K, ``n_iter`` < 1, unknown
-        ``method``, NaN or inf in concrete inputs.
-      TypeError: non-floating inputs, non-int ``n_nonzero``/``n_iter``.
+      ValueError: bad shapes, no signal (N = 0), no feature (m = 0) or no atom
+        (K = 0), ``n_nonzero`` outside 1..K, ``n_iter`` < 1, unknown ``method``, NaN
+        or inf in concrete inputs.
+      TypeError: non-floating inputs, non-int ``n_nonzero``/``n_iter``, a ``key``
+        that is not one PRNG key.
 
     Note:
       Cost per iteration: one OMP over the N signals plus, per atom, O(N·m) for
@@ -196,21 +204,36 @@ def ksvd(
         )
     if num_signals < 1:
         raise ValueError(f"{fn}: signals must hold at least one signal; got N = 0.")
+    if m < 1:
+        raise ValueError(
+            f"{fn}: signals must have m >= 1 features (unit-norm atoms need one); got "
+            f"shape {tuple(signals.shape)}."
+        )
     num_atoms = init_dictionary.shape[1]
+    if num_atoms < 1:
+        raise ValueError(
+            f"{fn}: init_dictionary must hold at least one atom (K >= 1); got shape "
+            f"{tuple(init_dictionary.shape)}."
+        )
     n_nonzero = _checks.check_int(fn, "n_nonzero", n_nonzero, low=1, high=num_atoms)
     n_iter = _checks.check_int(fn, "n_iter", n_iter, low=1)
     _checks.check_choice(fn, "method", method, _METHODS)
     _checks.check_finite(fn, "signals", signals)
     _checks.check_finite(fn, "init_dictionary", init_dictionary)
-    if key is not None and not (
-        isinstance(key, jax.Array)
-        and (jnp.issubdtype(key.dtype, jax.dtypes.prng_key) or key.shape == (2,))
-    ):
-        raise TypeError(f"{fn}: key must be a JAX PRNG key or None; got {key!r}.")
+    if key is not None:
+        _checks.check_key(fn, "key", key)
 
     dtype = jnp.promote_types(signals.dtype, init_dictionary.dtype)
-    signals = signals.astype(dtype)
-    dt0 = init_dictionary.astype(dtype).T
+    # LAPACK has no float16/bfloat16: half inputs are computed in float32.
+    work = jnp.promote_types(dtype, jnp.float32)
+    # One power of two for all signals (the dictionary is shared, so per-signal
+    # scales would reweight the objective): exact, and no overflow of ‖y‖².
+    shift = _exponent(jnp.max(jnp.abs(signals.astype(work)), initial=0.0))
+    signals = _times_pow2(signals.astype(work), -shift)
+    dt0 = init_dictionary.astype(work).T
+    # Each atom divided by a power of two near its largest entry before its norm is
+    # taken, so that huge or tiny finite atoms do not overflow or underflow to zero.
+    dt0 = _times_pow2(dt0, -_exponent(jnp.max(jnp.abs(dt0), axis=1, keepdims=True)))
     norms = jnp.linalg.norm(dt0, axis=1, keepdims=True)
     dt0 = jnp.where(norms > 0, dt0 / jnp.where(norms > 0, norms, 1.0), 0.0)
     keys = (
@@ -255,6 +278,11 @@ def ksvd(
         error = jnp.sqrt(jnp.mean(row_errors(residual)))
         return (dt, codes, residual), (error, n_replaced)
 
-    init = (dt0, jnp.zeros((num_signals, num_atoms), dtype), signals)
+    init = (dt0, jnp.zeros((num_signals, num_atoms), work), signals)
     (dt, codes, _), (errors, n_replaced) = jax.lax.scan(iteration, init, keys)
-    return KSVDResult(dt.T, codes, errors, n_replaced.astype(jnp.int32))
+    return KSVDResult(
+        dt.T.astype(dtype),
+        _times_pow2(codes, shift).astype(dtype),
+        _times_pow2(errors, shift).astype(dtype),
+        n_replaced.astype(jnp.int32),
+    )

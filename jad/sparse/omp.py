@@ -17,6 +17,15 @@ Python loop. The loop is SGFR's Algorithm 1 (eq. 2-5): select ``j* = argmax x_j�
 
 Conventions: atoms are columns of ``dictionary``; signals are rows (last axis). Shapes:
 m signal dimension, K atoms, s = ``n_nonzero``, ``...`` any leading batch dimensions.
+
+Scale: OMP is scale-equivariant (scaling a signal scales its coefficients and residual,
+scaling the dictionary divides the coefficients, and the selection does not change), so
+the pursuit runs on the dictionary and on each signal divided by a power of two near
+their largest magnitude and the results are scaled back. Powers of two scale floats
+exactly: results are bitwise those of the unscaled pursuit wherever that one neither
+overflows nor underflows, and finite signals of any magnitude (e.g. 1e19 in float32,
+whose squared norm overflows) are coded correctly. float16 and bfloat16 inputs are
+computed in float32 and the outputs cast back.
 """
 
 from __future__ import annotations
@@ -82,7 +91,7 @@ def _select_one(gram, xy, norm_sq, allowed, n_nonzero, tol, selection):
       norm_sq: () ‖y‖² (only used for the tolerance stop).
       allowed: (K,) bool, atoms that may be chosen.
       n_nonzero: static int s.
-      tol: () residual-norm tolerance.
+      tol: () residual-norm tolerance (of this signal, in its scale).
       selection: "abs" (|x_jᵀe|, classic OMP) or "signed" (x_jᵀe, SGFR eq. 3).
 
     The loop carries ``bt`` (s, K): row n holds the correlations of every atom with the
@@ -206,8 +215,11 @@ def _refine_one(sel: _Selection, gram, xy):
 
 @functools.partial(jax.jit, static_argnames=("n_nonzero", "selection"))
 def _pursuit(gram, xy, norms_sq, allowed, n_nonzero, tol, selection):
-    """Runs the selection (no gradient) and the refinement over a flat batch."""
-    select = jax.vmap(_select_one, in_axes=(None, 0, 0, 0, None, None, None))
+    """Runs the selection (no gradient) and the refinement over a flat batch.
+
+    ``tol`` is (N,), one tolerance per signal (each signal has its own scale).
+    """
+    select = jax.vmap(_select_one, in_axes=(None, 0, 0, 0, None, 0, None))
     sel = select(
         jax.lax.stop_gradient(gram),
         jax.lax.stop_gradient(xy),
@@ -223,14 +235,57 @@ def _pursuit(gram, xy, norms_sq, allowed, n_nonzero, tol, selection):
 
 
 def _safe_sqrt(sq):
-    """sqrt(sq) for sq >= 0 with a finite (zero) gradient at 0."""
-    positive = sq > 0
-    return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), 0.0)
+    """sqrt(sq) for sq >= 0 with a finite (zero) gradient at 0; NaN stays NaN."""
+    zero = sq == 0
+    return jnp.where(zero, 0.0, jnp.sqrt(jnp.where(zero, 1.0, sq)))
 
 
 def _safe_norm(x, axis=-1):
     """‖x‖₂ along ``axis`` with a finite (zero) gradient at x = 0."""
     return _safe_sqrt(jnp.sum(x * x, axis=axis))
+
+
+def _work_dtype(*dtypes):
+    """The dtype the pursuit runs in: the promoted float dtype, at least float32."""
+    return jnp.promote_types(jnp.result_type(*dtypes), jnp.float32)
+
+
+def _max_shift(dtype) -> int:
+    """Largest |e| for which 2**e and 2**-e are normal floats of ``dtype``."""
+    return int(jnp.finfo(dtype).maxexp) - 3
+
+
+def _exponent(x):
+    """The exponent e of ``x = f 2^e``, 0.5 <= f < 1, clipped to ±_max_shift.
+
+    ``x`` >= 0 is a largest magnitude; 0 for x = 0, inf or NaN (those are not
+    scaled). No gradient flows through the exponent.
+    """
+    bound = _max_shift(x.dtype)
+    return jnp.clip(jnp.frexp(jax.lax.stop_gradient(x))[1], -bound, bound)
+
+
+def _pow2(e, dtype):
+    """2**e as ``dtype``, exactly (|e| <= _max_shift), built from its bits."""
+    info = jnp.finfo(dtype)
+    itype = jnp.int32 if info.bits == 32 else jnp.int64
+    bits = (e.astype(itype) + (int(info.maxexp) - 1)) << int(info.nmant)
+    return jax.lax.bitcast_convert_type(bits, dtype)
+
+
+def _times_pow2(x, e):
+    """Returns x * 2**e, exact unless it overflows or underflows (|e| <= 2 bound).
+
+    Two factors, so that ``e`` may reach twice the exponent of a normal float; both
+    scale in the same direction, so no intermediate overflows on its own.
+    """
+    half = e // 2
+    return x * _pow2(half, x.dtype) * _pow2(e - half, x.dtype)
+
+
+def _finite_rows(x):
+    """(N,) True where the row of (N, K) ``x`` is all finite."""
+    return jnp.all(jnp.isfinite(x), axis=-1)
 
 
 def _result(sel: _Selection, coef, residual_norm, batch_shape) -> OMPResult:
@@ -248,11 +303,39 @@ def _result(sel: _Selection, coef, residual_norm, batch_shape) -> OMPResult:
 def _check_common(fn, n_nonzero, num_atoms, tol, selection):
     n_nonzero = _checks.check_int(fn, "n_nonzero", n_nonzero, low=1, high=num_atoms)
     _checks.check_choice(fn, "selection", selection, _SELECTIONS)
-    if _checks.is_concrete(tol):
-        tol_value = np.asarray(tol)
-        if tol_value.ndim != 0 or not np.isfinite(tol_value) or tol_value < 0:
-            raise ValueError(f"{fn}: tol must be a finite scalar >= 0; got {tol!r}.")
+    _check_tol(fn, tol)
     return n_nonzero
+
+
+def _check_tol(fn, tol):
+    """``tol``: a real scalar (type and shape also when traced), finite and >= 0."""
+    try:
+        dtype = (
+            None
+            if tol is None or isinstance(tol, (str, bytes, bool, np.bool_))
+            else jnp.result_type(tol)
+        )
+    except TypeError:
+        dtype = None
+    if dtype is None or not (
+        jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)
+    ):
+        raise TypeError(f"{fn}: tol must be a real number; got {tol!r}.")
+    shape = tol.shape if hasattr(tol, "shape") else np.shape(tol)
+    if shape != ():
+        raise ValueError(f"{fn}: tol must be a scalar; got shape {tuple(shape)}.")
+    if _checks.is_concrete(tol):
+        tol_value = np.asarray(tol, np.float64)
+        if not np.isfinite(tol_value) or tol_value < 0:
+            raise ValueError(f"{fn}: tol must be a finite scalar >= 0; got {tol!r}.")
+
+
+def _check_atoms(fn, name, num_atoms, shape):
+    if num_atoms < 1:
+        raise ValueError(
+            f"{fn}: {name} must hold at least one atom (K >= 1); got shape "
+            f"{tuple(shape)}."
+        )
 
 
 def _atom_mask(fn, atom_mask, batch_shape, num_atoms):
@@ -260,7 +343,12 @@ def _atom_mask(fn, atom_mask, batch_shape, num_atoms):
     full = batch_shape + (num_atoms,)
     if atom_mask is None:
         return jnp.ones((int(np.prod(batch_shape, dtype=int)), num_atoms), bool)
-    mask = jnp.asarray(atom_mask)
+    try:
+        mask = jnp.asarray(atom_mask)
+    except TypeError as err:
+        raise TypeError(
+            f"{fn}: atom_mask must be a bool array; got {type(atom_mask).__name__}."
+        ) from err
     if mask.dtype != jnp.bool_:
         raise TypeError(
             f"{fn}: atom_mask must be a bool array; got dtype {mask.dtype}."
@@ -314,13 +402,15 @@ def omp(
     Returns:
       :class:`OMPResult` with ``coef`` (..., K), ``support`` (..., s) int32 (-1 padded),
       ``residual_norm`` (...) = ``‖y - D coef‖₂`` and ``n_iter`` (...) int32. Float
-      outputs have the promoted dtype of ``dictionary`` and ``signals``.
+      outputs have the promoted dtype of ``dictionary`` and ``signals`` (float16 and
+      bfloat16 are computed in float32 and cast back).
 
     Raises:
-      ValueError: bad shapes, ``n_nonzero`` outside 1..K, negative ``tol``, unknown
-        ``selection``, NaN or inf in concrete inputs.
+      ValueError: bad shapes, a dictionary without atoms (K = 0), ``n_nonzero``
+        outside 1..K, ``tol`` not a scalar or negative, unknown ``selection``, NaN
+        or inf in concrete inputs.
       TypeError: non-floating ``dictionary``/``signals``, non-bool ``atom_mask``,
-        non-int ``n_nonzero``.
+        non-int ``n_nonzero``, non-real ``tol``.
 
     Note:
       Early stops: a signal stops when its residual norm reaches ``tol``, when no
@@ -330,7 +420,21 @@ def omp(
       less than one machine epsilon of the signal's energy (an exact fit reached:
       without this rule rounding noise would add junk atoms). Stopped signals do not
       change further and
-      their ``support`` is padded with -1. Zero signals return zero coefficients.
+      their ``support`` is padded with -1. Zero signals return zero coefficients;
+      with m = 0 every signal is the zero signal (zero coefficients, residual 0).
+
+      Scale: each signal and the dictionary are divided by powers of two near their
+      largest magnitude before the pursuit, ``tol`` by the signal's, and the
+      coefficients and residual are scaled back. This is exact (OMP is
+      scale-equivariant and powers of two scale floats exactly), so results are those
+      of the plain pursuit, and finite signals whose squared norm would overflow
+      (about 1e19 in float32) or underflow are coded correctly. Coefficients whose
+      true value overflows are inf. Atoms are scaled together, so an atom far
+      shorter than the longest one (squared norm ratio below the dtype's smallest
+      normal number) counts as a zero atom.
+
+      NaN or inf in traced inputs (not checked under ``jit``) give NaN ``coef`` and
+      ``residual_norm`` for the signals they reach, never a valid-looking code.
 
       Differentiation: the selection (an argmax) is piecewise constant; ``coef``,
       ``residual_norm`` and hence any loss of them are differentiable w.r.t.
@@ -361,15 +465,24 @@ def omp(
             f"{fn}: dictionary must be (m, K) with m == signals.shape[-1] = "
             f"{signals.shape[-1]}; got {tuple(dictionary.shape)}."
         )
+    _check_atoms(fn, "dictionary", num_atoms, dictionary.shape)
     n_nonzero = _check_common(fn, n_nonzero, num_atoms, tol, selection)
     _checks.check_finite(fn, "dictionary", dictionary)
     _checks.check_finite(fn, "signals", signals)
     batch_shape = signals.shape[:-1]
+    num_signals = int(np.prod(batch_shape, dtype=int))
     allowed = _atom_mask(fn, atom_mask, batch_shape, num_atoms)
 
     dtype = jnp.promote_types(dictionary.dtype, signals.dtype)
-    dictionary = dictionary.astype(dtype)
-    flat = signals.astype(dtype).reshape(-1, m)
+    work = _work_dtype(dtype)
+    dictionary = dictionary.astype(work)
+    flat = signals.astype(work).reshape(num_signals, m)  # m may be 0
+    # Scale-free pursuit (module docstring): D' = D 2^-t, y' = y 2^-e per signal, so
+    # c = c' 2^(e - t), ‖y - D c‖ = 2^e ‖y' - D' c'‖ and the tolerance is tol 2^-e.
+    t = _exponent(jnp.max(jnp.abs(dictionary), initial=0.0))
+    e = _exponent(jnp.max(jnp.abs(flat), axis=-1, initial=0.0))
+    dictionary = _times_pow2(dictionary, -t)
+    flat = _times_pow2(flat, -e[:, None])
     gram = jnp.matmul(dictionary.T, dictionary, precision=precision)
     xy = jnp.matmul(flat, dictionary, precision=precision)
     norms_sq = jnp.sum(flat * flat, axis=-1)
@@ -379,11 +492,16 @@ def omp(
         norms_sq,
         allowed,
         n_nonzero=n_nonzero,
-        tol=jnp.asarray(tol, dtype),
+        tol=_times_pow2(jnp.full((num_signals,), tol, work), -e),
         selection=selection,
     )
+    # NaN or inf in traced inputs: NaN codes, never valid-looking zeros.
+    finite = _finite_rows(xy) & jnp.isfinite(norms_sq) & jnp.all(jnp.isfinite(gram))
+    coef = jnp.where(finite[:, None], coef, jnp.nan)
     residual = flat - jnp.matmul(coef, dictionary.T, precision=precision)
-    return _result(sel, coef, _safe_norm(residual), batch_shape)
+    residual_norm = _times_pow2(_safe_norm(residual), e)
+    coef = _times_pow2(coef, (e - t)[:, None])
+    return _result(sel, coef.astype(dtype), residual_norm.astype(dtype), batch_shape)
 
 
 def omp_gram(
@@ -419,13 +537,20 @@ def omp_gram(
       tiny compared with ``‖y‖``) or ``None`` without ``norms_squared``.
 
     Raises:
-      ValueError: bad shapes, ``n_nonzero`` outside 1..K, ``tol > 0`` without
-        ``norms_squared``, NaN or inf in concrete inputs.
-      TypeError: non-floating inputs, non-bool ``atom_mask``.
+      ValueError: bad shapes, an empty ``gram`` (K = 0), ``n_nonzero`` outside
+        1..K, ``tol`` not a scalar or negative, ``tol > 0`` without
+        ``norms_squared``, negative ``norms_squared``, NaN or inf in concrete inputs.
+      TypeError: non-floating inputs, non-bool ``atom_mask``, non-real ``tol``.
 
     Note:
       Differentiable w.r.t. ``gram``, ``xy`` and ``norms_squared`` on the selected
       support, as for :func:`omp`. ``gram`` is used as given (it is not symmetrised).
+      As in :func:`omp`, the pursuit runs on inputs scaled by powers of two (``gram``
+      by one near its largest entry, each signal's ``xy`` and ``norms_squared`` by
+      one set by ``norms_squared``, or by ``xy`` when that is larger or not given),
+      which is exact and keeps large finite inputs from overflowing; float16 and
+      bfloat16 are computed in float32; NaN or inf in traced inputs give NaN
+      ``coef`` (and ``residual_norm``).
 
     Example:
       >>> import jax.numpy as jnp
@@ -445,13 +570,14 @@ def omp_gram(
             f"{fn}: gram must be (K, K) with K == xy.shape[-1] = {xy.shape[-1]}; got "
             f"{tuple(gram.shape)}."
         )
+    _check_atoms(fn, "gram", num_atoms, gram.shape)
     n_nonzero = _check_common(fn, n_nonzero, num_atoms, tol, selection)
     batch_shape = xy.shape[:-1]
+    num_signals = int(np.prod(batch_shape, dtype=int))
     dtype = jnp.promote_types(gram.dtype, xy.dtype)
     if norms_squared is None:
         if not _checks.is_concrete(tol) or float(np.asarray(tol)) != 0.0:
             raise ValueError(f"{fn}: tol > 0 needs norms_squared (‖y‖² per signal).")
-        norms_sq = jnp.full((int(np.prod(batch_shape, dtype=int)),), jnp.inf, dtype)
     else:
         norms_squared = _checks.as_float_array(fn, "norms_squared", norms_squared)
         if norms_squared.shape != batch_shape:
@@ -460,23 +586,53 @@ def omp_gram(
                 f"got {tuple(norms_squared.shape)}."
             )
         _checks.check_finite(fn, "norms_squared", norms_squared)
+        if _checks.is_concrete(norms_squared) and norms_squared.size:
+            with jax.ensure_compile_time_eval():
+                lowest = float(jnp.min(norms_squared))
+            if lowest < 0:
+                raise ValueError(
+                    f"{fn}: norms_squared must be >= 0 (‖y‖² per signal); got a "
+                    f"minimum of {lowest}."
+                )
         dtype = jnp.promote_types(dtype, norms_squared.dtype)
-        norms_sq = norms_squared.astype(dtype).reshape(-1)
     _checks.check_finite(fn, "gram", gram)
     _checks.check_finite(fn, "xy", xy)
     allowed = _atom_mask(fn, atom_mask, batch_shape, num_atoms)
-    flat_xy = xy.astype(dtype).reshape(-1, num_atoms)
+    work = _work_dtype(dtype)
+    gram = gram.astype(work)
+    flat_xy = xy.astype(work).reshape(num_signals, num_atoms)
+    # Scale-free pursuit, as in omp: D' = D 2^-h (G' = G 2^-2h) and y' = y 2^-e per
+    # signal (xy' = xy 2^-(h+e), ‖y'‖² = ‖y‖² 2^-2e), so c = c' 2^(e-h). e is set by
+    # ‖y‖ when it is known and by the correlations otherwise (or if they are larger).
+    h = _exponent(jnp.max(jnp.abs(gram), initial=0.0)) // 2
+    e = _exponent(jnp.max(jnp.abs(flat_xy), axis=-1, initial=0.0)) - h
+    if norms_squared is not None:
+        norms_sq = norms_squared.astype(work).reshape(-1)
+        e = jnp.maximum(e, (_exponent(jnp.abs(norms_sq)) + 1) // 2)
+    bound = _max_shift(work)
+    e = jnp.clip(e, -bound, bound)
+    gram = _times_pow2(gram, -2 * h)
+    flat_xy = _times_pow2(flat_xy, -(h + e)[:, None])
+    finite = _finite_rows(flat_xy) & jnp.all(jnp.isfinite(gram))
+    if norms_squared is None:
+        norms_sq = jnp.full((num_signals,), jnp.inf, work)
+    else:
+        norms_sq = _times_pow2(norms_sq, -2 * e)
+        finite = finite & jnp.isfinite(norms_sq)
     sel, coef = _pursuit(
-        gram.astype(dtype),
+        gram,
         flat_xy,
         norms_sq,
         allowed,
         n_nonzero=n_nonzero,
-        tol=jnp.asarray(tol, dtype),
+        tol=_times_pow2(jnp.full((num_signals,), tol, work), -e),
         selection=selection,
     )
+    coef = jnp.where(finite[:, None], coef, jnp.nan)  # NaN in, NaN out
     residual_norm = None
     if norms_squared is not None:
         res_sq = norms_sq - jnp.sum(coef * flat_xy, axis=-1)
-        residual_norm = _safe_sqrt(jnp.maximum(res_sq, 0.0))
-    return _result(sel, coef, residual_norm, batch_shape)
+        residual_norm = _times_pow2(_safe_sqrt(jnp.maximum(res_sq, 0.0)), e)
+        residual_norm = residual_norm.astype(dtype)
+    coef = _times_pow2(coef, (e - h)[:, None])
+    return _result(sel, coef.astype(dtype), residual_norm, batch_shape)

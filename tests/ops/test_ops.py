@@ -156,6 +156,73 @@ def test_gaussian_blur_rejects_bad_input(kwargs, error, match):
         gaussian_blur(**kwargs)
 
 
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"maps": np.zeros((0, 4)), "sigma": 1.0}, ValueError, "maps must have H, W"),
+        ({"maps": np.zeros((3, 4, 0)), "sigma": 1.0}, ValueError, "maps must have"),
+        ({"maps": np.zeros((4, 4)), "sigma": 1e12}, ValueError, "sigma must be at"),
+        (
+            {"maps": np.zeros((4, 4)), "sigma": 1.0, "radius": 2**40},
+            ValueError,
+            "radius",
+        ),
+        ({"maps": np.zeros((4, 4)), "sigma": True}, TypeError, "sigma"),
+        ({"maps": np.zeros((4, 4)), "sigma": 1j}, TypeError, "sigma"),
+        ({"maps": np.zeros((4, 4)), "sigma": None}, TypeError, "sigma"),
+        ({"maps": np.zeros((4, 4)), "sigma": [1.0]}, TypeError, "sigma"),
+    ],
+)
+def test_gaussian_blur_rejects_empty_maps_huge_kernels_and_odd_sigmas(
+    kwargs, error, match
+):
+    # An empty H or W used to raise numpy's "can't extend empty axis", sigma = 1e12
+    # to allocate 32 TB of taps, a complex sigma to fail in float().
+    with pytest.raises(error, match=f"gaussian_blur: {match}"):
+        gaussian_blur(**kwargs)
+
+
+def test_gaussian_blur_empty_batch_is_fine():
+    assert gaussian_blur(jnp.zeros((0, 4, 5)), 1.0).shape == (0, 4, 5)
+
+
+@pytest.mark.parametrize("mode", list(SCIPY_MODE))
+@pytest.mark.parametrize("shape", [(1, 1), (2, 3), (5, 7)])
+@pytest.mark.parametrize("sigma", [50.0, 3000.0])
+def test_gaussian_blur_kernel_far_wider_than_the_map_matches_scipy(
+    rng, x64, mode, shape, sigma
+):
+    # Radius 200 and 12000 on maps of 1 to 7 pixels: the kernel is folded onto the
+    # axis (exact for every mode), in O(radius + n²) instead of O(n radius).
+    maps = rng.standard_normal(shape)
+    out = gaussian_blur(jnp.asarray(maps), sigma, mode=mode)
+    expected = scipy_blur(maps, sigma, mode=SCIPY_MODE[mode])
+    # float64 against float64; the folded sums add the taps in another order.
+    np.testing.assert_allclose(out, expected, rtol=0, atol=1e-12)
+
+
+def test_gaussian_blur_folded_kernel_gradients(rng, x64):
+    maps = jnp.asarray(rng.standard_normal((3, 4)))
+    for mode in ("symmetric", "edge"):  # a periodic fold and the tails' fold
+
+        def blur(x, sigma, mode=mode):
+            return gaussian_blur(x, sigma, radius=40, mode=mode)
+
+        check_grads(jax.jit(blur), (maps, 12.0), order=1, modes=["fwd", "rev"])
+
+
+def test_gaussian_blur_half_precision_is_computed_in_float32():
+    # Taps beyond 255 overflowed x² in float16 and were dropped (error 5e-3 here).
+    maps = jnp.linspace(0.0, 1.0, 300, dtype=jnp.float16)[None]
+    out = gaussian_blur(maps, 150.0)
+    assert out.dtype == jnp.float16
+    expected = scipy_blur(np.asarray(maps, np.float64), 150.0)
+    # float16 outputs near 0.5: a spacing of 4.9e-4.
+    np.testing.assert_allclose(np.asarray(out, np.float64), expected, atol=1e-3)
+    bf16 = gaussian_blur(maps.astype(jnp.bfloat16), 150.0)
+    assert bf16.dtype == jnp.bfloat16
+
+
 # --------------------------------------------------------------------------- resize
 
 
@@ -375,6 +442,8 @@ def test_resize_gradients(rng, x64, method, align_corners, antialias):
         ((np.zeros((3, 0)), (2, 2)), {"method": "nearest"}, ValueError, "H, W >= 1"),
         ((np.zeros((4, 4)), (2.0, 2)), {}, TypeError, "shape"),
         ((np.zeros((4, 4)), (2, 2)), {"method": "cubic"}, ValueError, "method"),
+        (("abc", (2, 2)), {"method": "nearest"}, TypeError, "resize: maps"),
+        ((object(), (2, 2)), {"method": "nearest"}, TypeError, "resize: maps"),
         (
             (np.zeros((4, 4)), (2, 2)),
             {"method": "nearest", "align_corners": True},
@@ -504,9 +573,39 @@ def test_morphology_jit_and_vmap_equal_loop(rng, transform, op):
             "at least one",
         ),
         ({"masks": np.zeros((4, 4), bool), "border": "reflect"}, ValueError, "border"),
+        ({"masks": np.zeros((0, 4), bool)}, ValueError, "masks must have H, W >= 1"),
+        ({"masks": np.zeros((2, 4, 0), bool)}, ValueError, "masks must have H, W"),
+        ({"masks": "abc"}, TypeError, "masks must be a bool array; got str"),
+        ({"masks": object()}, TypeError, "masks must be a bool array; got object"),
     ],
 )
 @pytest.mark.parametrize("op", [dilate, erode, opening, closing])
 def test_morphology_rejects_bad_input(op, kwargs, error, match):
     with pytest.raises(error, match=f"{op.__name__}: .*{match}|{match}"):
         op(**kwargs)
+
+
+@pytest.mark.parametrize("op", list(SCIPY_OPS))
+@pytest.mark.parametrize("border", ["zero", "one"])
+def test_morphology_footprint_larger_than_the_map_matches_scipy(rng, op, border):
+    # A rectangle wider than 2H + 1 (2W + 1) is cut to it: every window already
+    # covers the whole map and outside pixels on both sides. (A size of 10**5+1
+    # used to pad the map to 10**10 pixels.)
+    masks = rng.random((2, 5, 6)) > 0.4
+    masks[0] = True
+    run = jax.jit(op, static_argnames=("size", "border"))
+    for size in [(15, 3), (3, 21), (41, 41)]:
+        out = run(masks, size=size, border=border)
+        for index in range(masks.shape[0]):
+            expected = SCIPY_OPS[op](
+                masks[index],
+                structure=np.ones(size, bool),
+                border_value=int(border == "one"),
+            )
+            np.testing.assert_array_equal(out[index], expected, err_msg=str(size))
+    huge = run(masks, size=10**5 + 1, border=border)
+    np.testing.assert_array_equal(huge, run(masks, size=(11, 13), border=border))
+
+
+def test_morphology_empty_batch_is_fine():
+    assert dilate(jnp.zeros((0, 4, 5), bool)).shape == (0, 4, 5)

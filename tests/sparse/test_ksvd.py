@@ -219,3 +219,119 @@ def test_dictionary_bad_input():
 def test_doctests(module):
     result = doctest.testmod(importlib.import_module(module))
     assert result.attempted > 0 and result.failed == 0
+
+
+# --- dtypes, keys, empty axes, scale ---------------------------------------------
+
+# One compiled K-SVD per (method, dtype, options) for the tests below: m = K = 8,
+# N = 60, s = 2, two iterations.
+_SMALL = {"m": 8, "K": 8, "N": 60}
+
+
+@functools.partial(jax.jit, static_argnames=("method", "replace_unused"))
+def _ksvd_small(signals, init, key=None, *, method="approx", replace_unused=True):
+    return ksvd(
+        signals, init, 2, 2, method=method, key=key, replace_unused=replace_unused
+    )
+
+
+@pytest.mark.parametrize(
+    "half, method", [(jnp.float16, "exact"), (jnp.bfloat16, "approx")]
+)
+def test_ksvd_half_precision_is_computed_in_float32(half, method):
+    # float16 used to crash in LAPACK (no half-precision SVD/solve); omp accepts it,
+    # and both compute in float32 and return the input dtype.
+    signals, init, _ = planted_problem(2, **_SMALL)
+    signals, init = jnp.asarray(signals, half), jnp.asarray(init, half)
+    got = _ksvd_small(signals, init, method=method)
+    ref = _ksvd_small(
+        signals.astype(jnp.float32), init.astype(jnp.float32), method=method
+    )
+    for name in ("dictionary", "codes", "errors"):
+        assert getattr(got, name).dtype == half, name
+        np.testing.assert_array_equal(
+            getattr(got, name), getattr(ref, name).astype(half), err_msg=name
+        )
+
+
+def test_ksvd_key_must_be_one_prng_key():
+    signals, init, _ = planted_problem(3, **_SMALL)
+    bad_keys = [
+        jnp.zeros(2, jnp.float32),  # shape (2,) but not uint32
+        jnp.zeros(2, jnp.int32),
+        jax.random.split(jax.random.key(0), 2),  # two keys
+        np.zeros(3, np.uint32),
+        [0, 1],
+    ]
+    for key in bad_keys:
+        with pytest.raises(TypeError, match="ksvd: key must be one JAX PRNG key"):
+            ksvd(signals, init, 2, 1, key=key)
+        with pytest.raises(TypeError, match="ksvd: key must be one JAX PRNG key"):
+            _ksvd_small(signals, init, key)  # also under jit
+    raw = _ksvd_small(signals, init, jax.random.PRNGKey(5))
+    host = _ksvd_small(signals, init, np.asarray(jax.random.PRNGKey(5)))
+    np.testing.assert_array_equal(raw.dictionary, host.dictionary)
+
+
+def test_ksvd_refuses_empty_signal_dimension_and_dictionary():
+    with pytest.raises(ValueError, match=r"ksvd: signals must have m >= 1"):
+        ksvd(np.zeros((5, 0), np.float32), np.zeros((0, 3), np.float32), 1, 1)
+    with pytest.raises(ValueError, match=r"ksvd: init_dictionary must hold at least"):
+        ksvd(np.ones((5, 4), np.float32), np.zeros((4, 0), np.float32), 1, 1)
+
+
+@pytest.mark.parametrize("method", ["exact", "approx"])
+def test_ksvd_is_exact_for_huge_and_tiny_signals(method):
+    # Signals scaled by 2^70 (‖y‖² overflows float32) or 2^-70 (underflows): the
+    # atoms must not change and codes and errors scale exactly (powers of two).
+    signals, init, _ = planted_problem(4, **_SMALL)
+    plain = _ksvd_small(signals, init, method=method)
+    assert np.all(np.isfinite(np.asarray(plain.errors)))
+    for exponent in (70, -70):
+        scale = np.float32(2.0**exponent)
+        got = _ksvd_small(signals * scale, init, method=method)
+        np.testing.assert_array_equal(got.dictionary, plain.dictionary)
+        np.testing.assert_array_equal(got.codes, np.asarray(plain.codes) * scale)
+        np.testing.assert_array_equal(got.errors, np.asarray(plain.errors) * scale)
+
+
+def test_ksvd_initial_atoms_of_any_finite_scale_are_normalised():
+    # Atoms of ~1e25 or ~1e-25: their squared norms overflow or underflow float32,
+    # which used to turn every atom into a zero (unused) one.
+    signals, init, _ = planted_problem(5, **_SMALL)
+    plain = _ksvd_small(signals, init, replace_unused=False)
+    for scale in (1e25, 1e-25):
+        got = _ksvd_small(signals, init * np.float32(scale), replace_unused=False)
+        # float32: the atoms' norms are rounded differently at another scale.
+        np.testing.assert_allclose(got.errors, plain.errors, rtol=1e-5)
+        np.testing.assert_allclose(got.dictionary, plain.dictionary, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["exact", "approx"])
+def test_ksvd_nan_under_jit_gives_nan_errors(method):
+    signals, init, _ = planted_problem(6, **_SMALL)
+    signals[3, 2] = np.nan
+    got = _ksvd_small(signals, init, method=method)
+    assert np.all(np.isnan(np.asarray(got.errors)))
+
+
+def test_random_dictionary_key_must_be_one_prng_key():
+    for key in (3, jnp.zeros(2, jnp.float32), jax.random.split(jax.random.key(0))):
+        with pytest.raises(TypeError, match="random_dictionary: key"):
+            random_dictionary(key, 4, 6)
+    np.testing.assert_array_equal(
+        random_dictionary(jax.random.PRNGKey(0), 4, 6),
+        random_dictionary(np.asarray(jax.random.PRNGKey(0)), 4, 6),
+    )
+
+
+def test_dictionaries_refuse_empty_dimensions():
+    for build in (dct_dictionary, haar_dictionary):
+        with pytest.raises(ValueError, match=f"{build.__name__}: m must be >= 1"):
+            build(0, 4)
+        with pytest.raises(ValueError, match=f"{build.__name__}: K must be >= 4"):
+            build(4, 0)
+    with pytest.raises(ValueError, match="random_dictionary: m must be >= 1"):
+        random_dictionary(jax.random.key(0), 0, 3)
+    with pytest.raises(ValueError, match="random_dictionary: K must be >= 1"):
+        random_dictionary(jax.random.key(0), 3, 0)

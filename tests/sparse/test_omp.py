@@ -751,6 +751,44 @@ _BAD_INPUTS = [
         ValueError,
         "norms_squared",
     ),
+    _case(
+        "gram-norms-negative",
+        lambda d, y: omp_gram(
+            d.T @ d, y @ d, 2, norms_squared=np.array([1.0, -1.0, 2.0], np.float32)
+        ),
+        ValueError,
+        "omp_gram: norms_squared must be >= 0",
+    ),
+    _case(
+        "dictionary-no-atoms",
+        lambda d, y: omp(d[:, :0], y, 1),
+        ValueError,
+        r"omp: dictionary must hold at least one atom \(K >= 1\); got shape \(6, 0\)",
+    ),
+    _case(
+        "gram-no-atoms",
+        lambda d, y: omp_gram(np.zeros((0, 0), np.float32), y[:, :0], 1),
+        ValueError,
+        "omp_gram: gram must hold at least one atom",
+    ),
+    _case("tol-str", lambda d, y: omp(d, y, 2, tol="0.1"), TypeError, "omp: tol"),
+    _case("tol-none", lambda d, y: omp(d, y, 2, tol=None), TypeError, "omp: tol"),
+    _case("tol-complex", lambda d, y: omp(d, y, 2, tol=1j), TypeError, "omp: tol"),
+    _case(
+        "tol-shape", lambda d, y: omp(d, y, 2, tol=np.ones(2)), ValueError, "omp: tol"
+    ),
+    _case(
+        "gram-tol-str",
+        lambda d, y: omp_gram(d.T @ d, y @ d, 2, tol="a"),
+        TypeError,
+        "omp_gram: tol",
+    ),
+    _case(
+        "atom_mask-str",
+        lambda d, y: omp(d, y, 2, atom_mask="all"),
+        TypeError,
+        "omp: atom_mask",
+    ),
 ]
 
 
@@ -767,6 +805,10 @@ def test_shape_errors_also_raise_under_jit():
         jax.jit(functools.partial(omp, n_nonzero=2))(dictionary[:5], signals)
     with pytest.raises(ValueError, match="n_nonzero"):
         jax.jit(functools.partial(omp, n_nonzero=9))(dictionary, signals)
+    with pytest.raises(ValueError, match="omp: tol must be a scalar"):
+        jax.jit(lambda d, y, t: omp(d, y, 2, tol=t))(dictionary, signals, np.ones(2))
+    with pytest.raises(ValueError, match="omp: dictionary must hold at least one"):
+        jax.jit(functools.partial(omp, n_nonzero=1))(dictionary[:, :0], signals)
 
 
 # -------------------------------------------------------------------------- 10. docs
@@ -810,3 +852,161 @@ def test_exact_fit_stops_at_planted_sparsity_with_default_tol(dtype):
     np.testing.assert_array_equal(np.asarray(got.n_iter)[found], planted_k[found])
     np.testing.assert_array_equal(np.asarray(gram.n_iter)[found], planted_k[found])
     assert np.all(np.asarray(got.support)[found][:, 3:] == -1)
+
+
+# ------------------------------------------------- 11. scale, dtypes, m = 0, NaN
+
+
+@pytest.mark.parametrize("exponent", [64, -70])
+def test_omp_is_exact_for_signals_whose_squared_norm_overflows_or_underflows(
+    exponent,
+):
+    # float32 signals scaled by 2^64 (values ~1e19, ‖y‖² overflows) or 2^-70 (‖y‖²
+    # underflows) used to give zero codes and an infinite (or zero) residual. OMP
+    # is scale-equivariant and powers of two scale floats exactly, so the result
+    # must be the unscaled one, scaled, bit for bit.
+    rng = np.random.default_rng(30)
+    dictionary, signals = padded_problem(rng, 20, 30)
+    dictionary, signals = dictionary.astype(np.float32), signals.astype(np.float32)
+    scale = np.float32(2.0**exponent)
+    plain = run_omp(dictionary, signals, 5)
+    scaled = run_omp(dictionary, signals * scale, 5)
+    np.testing.assert_array_equal(scaled.support, plain.support)
+    np.testing.assert_array_equal(scaled.n_iter, plain.n_iter)
+    np.testing.assert_array_equal(scaled.coef, plain.coef * scale)
+    np.testing.assert_array_equal(scaled.residual_norm, plain.residual_norm * scale)
+    assert np.all(plain.n_iter == 5)
+
+
+def test_omp_codes_signals_of_2e19_in_float32():
+    signal = np.array([2e19, 1e19, 0.0, -3e18], np.float32)
+    got = omp(np.eye(4, dtype=np.float32), signal, 3)
+    np.testing.assert_array_equal(got.coef, signal)
+    assert got.support.tolist() == [0, 1, 3]
+    assert float(got.residual_norm) == 0.0
+
+
+def test_omp_dictionary_scale_only_rescales_the_codes():
+    # Atoms of ~1e20 (DᵀD overflows float32) or ~1e-25 (DᵀD underflows).
+    rng = np.random.default_rng(31)
+    dictionary, signals = padded_problem(rng, 20, 30)
+    dictionary, signals = dictionary.astype(np.float32), signals.astype(np.float32)
+    plain = run_omp(dictionary, signals, 5)
+    for exponent in (66, -84):
+        scale = np.float32(2.0**exponent)
+        scaled = run_omp(dictionary * scale, signals, 5)
+        np.testing.assert_array_equal(scaled.support, plain.support)
+        np.testing.assert_array_equal(scaled.coef, plain.coef / scale)
+        np.testing.assert_array_equal(scaled.residual_norm, plain.residual_norm)
+
+
+def test_omp_gram_is_exact_for_huge_and_tiny_correlations():
+    # xy ~ 1e19 (xy² overflows float32) or ~1e-20 (xy² underflows) used to stop the
+    # pursuit at once with zero codes.
+    rng = np.random.default_rng(32)
+    dictionary, signals = padded_problem(rng, 20, 30)
+    gram = (dictionary.T @ dictionary).astype(np.float32)
+    xy = (signals @ dictionary).astype(np.float32)
+    norms = np.sum(signals**2, axis=-1).astype(np.float32)
+    plain = omp_gram(gram, xy, 5, norms_squared=norms)
+    assert np.all(np.asarray(plain.n_iter) == 5)
+    for exponent in (64, -66):
+        scale = np.float32(2.0**exponent)
+        got = omp_gram(gram, xy * scale, 5)
+        np.testing.assert_array_equal(got.support, plain.support)
+        np.testing.assert_array_equal(got.coef, np.asarray(plain.coef) * scale)
+    for exponent in (40, -40):  # consistent norms: ‖y‖² scales by the square
+        scale = np.float32(2.0**exponent)
+        got = omp_gram(gram, xy * scale, 5, norms_squared=norms * scale * scale)
+        np.testing.assert_array_equal(got.coef, np.asarray(plain.coef) * scale)
+        np.testing.assert_array_equal(
+            got.residual_norm, np.asarray(plain.residual_norm) * scale
+        )
+    # A Gram matrix of atoms of norm ~2^70 (DᵀD ~ 1e42 would overflow; given here
+    # as 2^100 with codes scaled by 2^-50).
+    got = omp_gram(gram * np.float32(2.0**100), xy * np.float32(2.0**50), 5)
+    np.testing.assert_array_equal(got.coef, np.asarray(plain.coef) * 2.0**-50)
+
+
+def test_scaled_pursuit_keeps_jit_vmap_and_gradients(x64):
+    # loss_scaled is loss evaluated through signals 2^80 times larger and scaled
+    # back: equal values, so equal gradients (w.r.t. signals and dictionary), also
+    # under jit; the power-of-two scales inside omp must not leak into them.
+    dictionary, signals, n_nonzero, _ = _separated_problem()
+    scale = 2.0**80
+
+    def loss(y, d):
+        res = omp(d, y, n_nonzero)
+        return jnp.sum(res.residual_norm) + jnp.sum(jnp.tanh(res.coef))
+
+    def loss_scaled(y, d):
+        res = omp(d, y * scale, n_nonzero)
+        return jnp.sum(res.residual_norm) / scale + jnp.sum(jnp.tanh(res.coef / scale))
+
+    plain = jax.jit(jax.grad(loss, argnums=(0, 1)))(signals, dictionary)
+    big = jax.jit(jax.grad(loss_scaled, argnums=(0, 1)))(signals, dictionary)
+    np.testing.assert_allclose(big[0], plain[0], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(big[1], plain[1], rtol=1e-12, atol=1e-12)
+    # vmap over dictionaries of very different scales == a Python loop.
+    dictionaries = jnp.stack(
+        [dictionary * 2.0**-300, dictionary, dictionary * 2.0**300]
+    )
+    mapped = jax.vmap(lambda d: omp(d, signals, n_nonzero).coef)(dictionaries)
+    for d, coef in zip(dictionaries, mapped, strict=True):
+        np.testing.assert_array_equal(coef, omp(d, signals, n_nonzero).coef)
+
+
+@pytest.mark.parametrize("half", [jnp.float16, jnp.bfloat16])
+def test_omp_half_precision_is_computed_in_float32(half):
+    rng = np.random.default_rng(33)
+    dictionary = jnp.asarray(random_dictionary_np(rng, 12, 20), half)
+    # Values of 300: ‖y‖² overflows float16 (max 65504).
+    signals = jnp.asarray(rng.standard_normal((5, 12)) * 300, half)
+    got = omp(dictionary, signals, 4)
+    ref = omp(dictionary.astype(jnp.float32), signals.astype(jnp.float32), 4)
+    assert got.coef.dtype == half and got.residual_norm.dtype == half
+    np.testing.assert_array_equal(got.support, ref.support)
+    np.testing.assert_array_equal(got.coef, ref.coef.astype(half))
+    np.testing.assert_array_equal(got.residual_norm, ref.residual_norm.astype(half))
+    assert np.all(np.asarray(got.n_iter) == 4)
+    gram = omp_gram(dictionary.T @ dictionary, signals @ dictionary, 4)
+    assert gram.coef.dtype == half
+
+
+def test_omp_with_m_0_codes_every_signal_as_zero():
+    # m = 0: every signal is the zero signal and every atom the zero atom.
+    for call in (omp, jax.jit(omp, static_argnames="n_nonzero")):
+        got = call(jnp.zeros((0, 5)), jnp.zeros((3, 0)), n_nonzero=2)
+        np.testing.assert_array_equal(got.coef, np.zeros((3, 5)))
+        np.testing.assert_array_equal(got.support, -np.ones((3, 2)))
+        np.testing.assert_array_equal(got.residual_norm, np.zeros(3))
+        np.testing.assert_array_equal(got.n_iter, np.zeros(3))
+
+
+def test_nan_in_traced_inputs_gives_nan_codes_never_a_valid_looking_one():
+    # Concrete NaN is refused; under jit it is not checked and must propagate
+    # (it used to give zero codes and a residual norm of 0).
+    dictionary, signals = _inputs()
+    clean = omp(dictionary, signals, 2)
+    bad = signals.copy()
+    bad[1, 3] = np.nan
+    bad[2, 0] = np.inf
+    got = jax.jit(functools.partial(omp, n_nonzero=2))(dictionary, bad)
+    assert np.all(np.isnan(np.asarray(got.coef[1:]))), got.coef
+    assert np.all(np.isnan(np.asarray(got.residual_norm[1:])))
+    np.testing.assert_allclose(got.coef[0], clean.coef[0], rtol=1e-6)  # jit rounding
+    np_d = dictionary.copy()
+    np_d[0, 5] = np.nan
+    got = jax.jit(functools.partial(omp, n_nonzero=2))(np_d, signals)
+    assert np.all(np.isnan(np.asarray(got.coef)))
+    assert np.all(np.isnan(np.asarray(got.residual_norm)))
+    gram, xy = dictionary.T @ dictionary, signals @ dictionary
+    norms = np.sum(signals**2, axis=-1)
+    run = jax.jit(lambda g, b, n: omp_gram(g, b, 2, norms_squared=n))
+    got = run(gram, np.where(np.arange(3)[:, None] == 1, np.nan, xy), norms)
+    assert np.isnan(np.asarray(got.coef[1])).all()
+    assert np.isnan(np.asarray(got.residual_norm[1]))
+    assert np.isfinite(np.asarray(got.coef)[[0, 2]]).all()
+    got = run(gram, xy, np.r_[np.nan, norms[1:]])
+    assert np.isnan(np.asarray(got.coef[0])).all()
+    assert np.isnan(np.asarray(got.residual_norm[0]))
