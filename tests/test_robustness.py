@@ -94,11 +94,6 @@ def fuzzes(*names: str):
     return register
 
 
-def other_area(reason: str):
-    """A known failure in code another change is fixing (temporary, not strict)."""
-    return pytest.mark.xfail(strict=False, reason=reason)
-
-
 def _public_functions():
     for module_name in FUZZED_MODULES:
         module = importlib.import_module(module_name)
@@ -1371,7 +1366,6 @@ def test_omp_gram(dictionary, signals, n_nonzero, tol, norms, gram_kind, selecti
 
 
 @fuzzes("jad.sparse.ksvd")
-@other_area("ksvd: the exact atom update leaves ~1e-7 codes on non-users (> n_nonzero)")
 @settings(max_examples=budget(0.5))
 @given(
     signals=arrays(((6, 4), (6, 4), (6, 4), (0, 4), (6, 3), (4,), (1, 4))),

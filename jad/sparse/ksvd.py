@@ -71,7 +71,9 @@ def _update_atom(k, state, signals, method, replace_unused, precision):
         # zero rows of non-users change neither the singular values nor v.
         restricted = jnp.where(users[:, None], e_k, 0.0)
         u, sv, vt = jnp.linalg.svd(restricted, full_matrices=False)
-        d_new, a_new = vt[0], sv[0] * u[:, 0]
+        # u is exactly zero on the non-users only in exact arithmetic: mask it, so
+        # a code keeps its support (at most n_nonzero atoms per signal).
+        d_new, a_new = vt[0], jnp.where(users, sv[0] * u[:, 0], 0.0)
         flip = jnp.where(d_new @ d_old < 0, -1.0, 1.0)  # deterministic sign
         d_new, a_new = d_new * flip, a_new * flip
     else:

@@ -335,3 +335,14 @@ def test_dictionaries_refuse_empty_dimensions():
         random_dictionary(jax.random.key(0), 0, 3)
     with pytest.raises(ValueError, match="random_dictionary: K must be >= 1"):
         random_dictionary(jax.random.key(0), 3, 0)
+
+
+def test_exact_ksvd_codes_keep_at_most_n_nonzero_atoms():
+    # The exact atom update's singular vector is ~1e-7 (not 0) on non-users in
+    # float32; unmasked, a code grew beyond n_nonzero atoms.
+    rng = np.random.default_rng(0)
+    signals = rng.standard_normal((6, 4)).astype(np.float32)
+    init = rng.standard_normal((4, 5)).astype(np.float32)
+    for n_iter in (1, 3):
+        codes = ksvd(signals, init, 1, n_iter, method="exact").codes
+        assert (np.count_nonzero(np.asarray(codes), axis=1) <= 1).all()
