@@ -21,6 +21,7 @@ __all__ = [
     "check_int",
     "check_key",
     "check_rank",
+    "check_real_scalar",
     "is_concrete",
 ]
 
@@ -136,3 +137,25 @@ def check_key(fn: str, name: str, key) -> None:
         + (f"{type(key).__name__} {dtype} {shape}" if dtype is not None else repr(key))
         + "."
     )
+
+
+def check_real_scalar(fn: str, name: str, value) -> None:
+    """Raises unless ``value`` is one real number (a Python, numpy or jax scalar).
+
+    ``TypeError`` for None, strings, bools, complex and other non-numbers,
+    ``ValueError`` for arrays of another shape than ``()``. Type and shape only, so
+    it also runs on tracers; range checks are the caller's (on concrete values).
+    """
+    dtype = None
+    if not (value is None or isinstance(value, (str, bytes, bool, np.bool_))):
+        try:
+            dtype = jnp.result_type(value)
+        except TypeError:
+            pass
+    if dtype is None or not (
+        jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)
+    ):
+        raise TypeError(f"{fn}: {name} must be a real number; got {value!r}.")
+    shape = value.shape if hasattr(value, "shape") else np.shape(value)
+    if tuple(shape) != ():
+        raise ValueError(f"{fn}: {name} must be a scalar; got shape {tuple(shape)}.")

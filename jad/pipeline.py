@@ -454,23 +454,7 @@ def calibrate(
       far lower), so a threshold taken on them flags new normal images. The
       default quantile, the largest score, suits a few dozen held-out images.
     """
-    q_dtype = None
-    if not (quantile is None or isinstance(quantile, (str, bytes, bool, np.bool_))):
-        try:
-            q_dtype = jnp.result_type(quantile)
-        except TypeError:
-            pass
-    if (
-        q_dtype is None
-        or not (
-            jnp.issubdtype(q_dtype, jnp.floating)
-            or jnp.issubdtype(q_dtype, jnp.integer)
-        )
-        or np.ndim(quantile) != 0
-    ):
-        raise TypeError(
-            f"calibrate: quantile must be a real number in [0, 1]; got {quantile!r}."
-        )
+    _checks.check_real_scalar("calibrate", "quantile", quantile)
     quantile = float(quantile)
     if not 0.0 <= quantile <= 1.0:
         raise ValueError(f"calibrate: quantile must be in [0, 1]; got {quantile}.")

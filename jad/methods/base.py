@@ -294,20 +294,7 @@ def _concrete_sigma(fn: str, sigma) -> float:
     are static, so a traced sigma is refused here (``ops.gaussian_blur`` with an
     explicit ``radius`` differentiates w.r.t. sigma).
     """
-    dtype = None
-    if not (sigma is None or isinstance(sigma, (str, bytes, bool, np.bool_))):
-        try:
-            dtype = jnp.result_type(sigma)
-        except TypeError:
-            pass
-    if dtype is None or not (
-        jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)
-    ):
-        raise TypeError(f"{fn}: sigma must be a real number; got {sigma!r}.")
-    if np.shape(sigma) != ():
-        raise ValueError(
-            f"{fn}: sigma must be a scalar; got shape {tuple(np.shape(sigma))}."
-        )
+    _checks.check_real_scalar(fn, "sigma", sigma)
     if not _checks.is_concrete(sigma):
         raise TypeError(
             f"{fn}: sigma must be a concrete number, not traced: it sets the blur's "

@@ -171,21 +171,7 @@ def _radius(fn: str, sigma, radius) -> int:
 
 def _check_sigma(fn: str, sigma) -> None:
     """``sigma``: a real scalar (type and shape also when traced), finite and > 0."""
-    try:
-        dtype = (
-            None
-            if sigma is None or isinstance(sigma, (str, bytes, bool, np.bool_))
-            else jnp.result_type(sigma)
-        )
-    except TypeError:
-        dtype = None
-    if dtype is None or not (
-        jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)
-    ):
-        raise TypeError(f"{fn}: sigma must be a real number; got {sigma!r}.")
-    shape = sigma.shape if hasattr(sigma, "shape") else np.shape(sigma)
-    if shape != ():
-        raise ValueError(f"{fn}: sigma must be a scalar; got shape {tuple(shape)}.")
+    _checks.check_real_scalar(fn, "sigma", sigma)
     if _checks.is_concrete(sigma):
         value = float(np.asarray(sigma))
         if not np.isfinite(value) or value <= 0:

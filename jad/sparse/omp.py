@@ -309,21 +309,7 @@ def _check_common(fn, n_nonzero, num_atoms, tol, selection):
 
 def _check_tol(fn, tol):
     """``tol``: a real scalar (type and shape also when traced), finite and >= 0."""
-    try:
-        dtype = (
-            None
-            if tol is None or isinstance(tol, (str, bytes, bool, np.bool_))
-            else jnp.result_type(tol)
-        )
-    except TypeError:
-        dtype = None
-    if dtype is None or not (
-        jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)
-    ):
-        raise TypeError(f"{fn}: tol must be a real number; got {tol!r}.")
-    shape = tol.shape if hasattr(tol, "shape") else np.shape(tol)
-    if shape != ():
-        raise ValueError(f"{fn}: tol must be a scalar; got shape {tuple(shape)}.")
+    _checks.check_real_scalar(fn, "tol", tol)
     if _checks.is_concrete(tol):
         tol_value = np.asarray(tol, np.float64)
         if not np.isfinite(tol_value) or tol_value < 0:
