@@ -369,12 +369,15 @@ def _map_rows(fn, flat):
 
 
 _LONG_FIT_SECONDS = 300.0
+_SHORT_SECONDS = 10.0
 
 
 def _report_estimate(config: PatchCoreConfig):
     """The coreset's time estimate, with a way out when it is long."""
 
     def report(estimate) -> None:
+        if estimate.seconds < _SHORT_SECONDS:  # nothing to plan for
+            return
         line = (
             f"patchcore: the coreset will take about "
             f"{_duration(estimate.seconds)} on this device "

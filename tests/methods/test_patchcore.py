@@ -590,6 +590,7 @@ def test_fit_with_progress_reports_size_memory_and_a_time_estimate(
     train_embeddings, key, capsys, monkeypatch
 ):
     monkeypatch.setattr(patchcore, "_LONG_FIT_SECONDS", 0.0)  # "long": advise
+    monkeypatch.setattr(patchcore, "_SHORT_SECONDS", 0.0)
     config = PatchCoreConfig(coreset_ratio=0.5)
     state = patchcore.fit(config, train_embeddings, key=key, progress=True)
     quiet = patchcore.fit(config, train_embeddings, key=key)
