@@ -216,13 +216,16 @@ def _gather(stream, num_batches: int | None) -> np.ndarray:
     out = np.empty((num_batches * first.shape[0], *first.shape[1:]), first.dtype)
     out[: len(first)] = first
     filled = len(first)
+    extra = []  # batches beyond the preallocated rows (more than announced)
     for emb in stream:
         emb = np.asarray(emb)
-        if filled + len(emb) > len(out):  # more batches than announced
-            out = np.concatenate([out[:filled], emb])
-        else:
-            out[filled : filled + len(emb)] = emb
+        if extra or filled + len(emb) > len(out):
+            extra.append(emb)
+            continue
+        out[filled : filled + len(emb)] = emb
         filled += len(emb)
+    if extra:
+        return np.concatenate([out[:filled], *extra])
     return out[:filled]
 
 
@@ -567,6 +570,11 @@ def _read_meta(directory: Path) -> dict:
             f"{source}: unknown field(s) {', '.join(map(repr, unknown))}; valid: "
             f"{', '.join(sorted(_FIELDS))}."
         )
+    if version < 2 and ("files" in meta or "sha256" in meta):
+        raise DatasetError(
+            f"{source}: field 'format_version' is {version} but the file has the "
+            "digests of format 2: it was edited after saving."
+        )
     required = ["method", "backbone", "image_size", "config"]
     if version >= 2:
         required += ["files", "sha256"]
@@ -633,6 +641,16 @@ def check_output_folder(fn: str, directory, *, overwrite: bool = False) -> Path:
     """
     directory = Path(directory).absolute()
     io_checkpoint.recover(directory)
+    if os.path.ismount(directory):
+        raise ValueError(
+            f"{fn}: {directory} is a mount point, which cannot be replaced "
+            "atomically; choose a folder inside it."
+        )
+    existing = directory.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{fn}: cannot write in {existing} (permission denied).")
     if not os.path.lexists(directory) or (
         directory.is_dir() and not any(directory.iterdir())
     ):
@@ -646,6 +664,14 @@ def check_output_folder(fn: str, directory, *, overwrite: bool = False) -> Path:
         raise ValueError(
             f"{fn}: {directory} already holds a saved detector; choose another "
             "folder, or replace it with overwrite=True (jad fit --overwrite)."
+        )
+    extra = sorted(p.name for p in directory.iterdir()
+                   if p.name not in ("state", "detector.json"))
+    if extra:
+        raise ValueError(
+            f"{fn}: {directory} holds a saved detector and other files "
+            f"({', '.join(extra[:5])}{', ...' if len(extra) > 5 else ''}), which "
+            "replacing it would delete; move them, or choose another folder."
         )
     return directory
 
@@ -817,8 +843,12 @@ def load_detector(
             f"{sorted(expected)}: the folder is corrupt or mixed up."
         )
     for name, value in arrays.items():
-        if not np.all(np.isfinite(value)):
-            raise DatasetError(f"{state_dir}: the state's {name} holds NaN or inf.")
+        try:
+            _checks.check_finite("load_detector", name, value)
+        except ValueError:
+            raise DatasetError(
+                f"{state_dir}: the state's {name} holds NaN or inf."
+            ) from None
     state = spec.state_type(
         **{k: jnp.asarray(v) for k, v in arrays.items()}, config=config
     )

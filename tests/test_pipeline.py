@@ -622,6 +622,8 @@ _SCHEMA_CASES = {
     "config field unknown": (_edit_config("alpha", 1), "unknown PaDiMConfig field"),
     "metadata edited": (_edit("metadata", {"note": "y"}), "'metadata' does not match"),
     "size edited": (_edit("image_size", [64, 96]), "'image_size' does not match"),
+    "version downgraded": (_edit("format_version", 1),
+                           "'format_version' is 1 but the file has the digests"),
 }
 
 
@@ -879,3 +881,43 @@ def test_calibrate_refuses_a_quantile_that_is_not_a_real_number(
     cal = pipeline.calibrate(detector, [small_train[:2]], quantile=np.float32(0.5),
                              progress=False)
     assert cal.quantile == 0.5 and isinstance(cal.quantile, float)
+
+
+def test_overwrite_refuses_a_detector_folder_holding_other_files(
+    small_detectors, tmp_path
+):
+    folder = pipeline.save_detector(small_detectors["padim"], tmp_path / "d")
+    (folder / "metrics.json").write_text("{}")  # the user's file
+    with pytest.raises(ValueError, match=r"other files \(metrics.json\)"):
+        pipeline.save_detector(small_detectors["padim"], folder, overwrite=True)
+    assert (folder / "metrics.json").is_file()
+
+
+def test_predict_refuses_a_nan_threshold_and_a_bad_recorded_calibration(
+    small_detectors, tmp_path, capsys
+):
+    import dataclasses
+
+    from PIL import Image
+
+    from jad.cli.main import main
+
+    image = tmp_path / "x.png"
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(image)
+    transform = dataclasses.asdict(jad.data.Transform(size=SMALL))
+    bad = {"threshold": float("nan"), "quantile": 1.0, "map_min": 0.0,
+           "map_max": 1.0, "num_images": 3}
+    folder = pipeline.save_detector(
+        small_detectors["padim"], tmp_path / "d",
+        metadata={"transform": transform, "calibration": bad},
+    )
+    with pytest.raises(SystemExit) as exc:
+        main(["predict", "--state", str(folder), str(image), "--threshold", "nan"])
+    assert exc.value.code == 2
+    assert "--threshold: expected a finite number" in capsys.readouterr().err
+    out = tmp_path / "out"
+    assert main(["predict", "--state", str(folder), str(image), "--out",
+                 str(out)]) == 2
+    assert "the recorded calibration must hold the finite numbers" in (
+        capsys.readouterr().err)
+    assert not (out / "predictions.json").exists()

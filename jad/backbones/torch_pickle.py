@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import collections
 import io
+import math
 import operator
 import pickle
 import struct
@@ -41,6 +42,7 @@ from jad.errors import WeightsError
 
 __all__ = ["read_torch_checkpoint"]
 
+_MAX_EXPANDED = 1 << 24
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # torch.serialization.MAGIC_NUMBER
 _LEGACY_PROTOCOL = 1001
 _STORAGE_DTYPES = {
@@ -148,6 +150,15 @@ class _LazyTensor(_Sealed):
             raise WeightsError(f"{self.path}: a tensor's storage is missing.")
         if any(s == 0 for s in self.size):
             return np.zeros(self.size, data.dtype)
+        # An expanded (stride-0) view holds more elements than its storage, so a
+        # tiny file could make the reader allocate any amount: allowed up to
+        # _MAX_EXPANDED elements (64 MB of float32), beyond its storage's size.
+        if math.prod(self.size) > max(data.size, _MAX_EXPANDED):
+            raise WeightsError(
+                f"{self.path}: a tensor of {math.prod(self.size)} elements views a "
+                f"storage of {data.size} (an expanded view); refusing to "
+                "materialise it."
+            )
         last = self.offset + sum(
             (s - 1) * st for s, st in zip(self.size, self.stride, strict=True)
         )
@@ -228,7 +239,9 @@ class _Unpickler(pickle.Unpickler):
             numel = _index(self.path, "a storage's size", numel)
             storage = _Storage(storage_type, numel, self.path)
             if self.zip_reader is not None:
-                storage.set_bytes(self.zip_reader(key))
+                storage.set_bytes(
+                    self.zip_reader(key, numel * storage_type.itemsize)
+                )
             self.storages[key] = storage
         return self.storages[key]
 
@@ -261,11 +274,18 @@ def _read_zip(path: str):
                     "can be read."
                 )
 
-        def read(key):
+        def read(key, nbytes):
+            name = f"{root}data/{key}"
             try:
-                return archive.read(f"{root}data/{key}")
+                size = archive.getinfo(name).file_size
             except KeyError as err:
                 raise WeightsError(f"{path}: storage {key} is missing.") from err
+            if size != nbytes:  # checked before decompressing anything
+                raise WeightsError(
+                    f"{path}: storage {key} holds {size} bytes, not the {nbytes} "
+                    "its header announces."
+                )
+            return archive.read(name)
 
         storages: dict = {}
         with archive.open(pickles[0]) as f:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 
 from jad import backbones as bb
@@ -51,6 +52,17 @@ def _int_at_least(text: str, low: int) -> int:
         value = None
     if value is None or value < low:
         raise argparse.ArgumentTypeError(f"expected an integer >= {low}; got {text!r}")
+    return value
+
+
+def finite_float(text: str) -> float:
+    """An argparse type: a finite number (not nan or inf)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number; got {text!r}")
     return value
 
 
@@ -155,8 +167,18 @@ def transform_to_json(transform: data.Transform) -> dict:
 
 def transform_from_json(values: dict) -> data.Transform:
     """The preprocessing recorded by ``jad fit`` (the default when absent)."""
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-    return data.Transform(**values)
+    if not isinstance(values, dict):
+        raise ValueError(
+            f"the detector's recorded transform must be an object; got {values!r}."
+        )
+    try:
+        values = {k: tuple(v) if isinstance(v, list) else v
+                  for k, v in values.items()}
+        return data.Transform(**values)
+    except (TypeError, ValueError) as err:
+        raise ValueError(
+            f"the detector's recorded transform is invalid: {err}"
+        ) from err
 
 
 def print_table(

@@ -90,8 +90,11 @@ def run_fit(args: argparse.Namespace) -> int:
     )
     if held_out is None:
         calibration_images = _evenly_spaced(train, _MAX_HOLDOUT)
-        print(f"note: --holdout 0: the threshold comes from {len(calibration_images)}"
-              " training images, which the fit has seen; new normal images score "
+        why = ("--holdout 0" if args.holdout == 0 else
+               f"--holdout {args.holdout:g} of {len(train)} training images leaves "
+               "none to hold out or none to fit")
+        print(f"note: {why}: the threshold comes from {len(calibration_images)} "
+              "training images, which the fit has seen; new normal images score "
               "higher, so expect false alarms from jad predict.")
     else:
         calibration_images = held_out

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 from pathlib import Path
 
 import numpy as np
 
 from jad import data, pipeline
-from jad.cli.common import transform_from_json
+from jad.cli.common import finite_float, transform_from_json
 
 
 def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,7 +25,7 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
         "and predictions.json (scores, threshold, normal/anomalous)",
     )
     parser.add_argument(
-        "--threshold", type=float, default=None,
+        "--threshold", type=finite_float, default=None,
         help="image score above which an image is reported anomalous (default: "
         "the one jad fit recorded: the largest score of up to 64 training images)",
     )
@@ -39,8 +40,7 @@ def run_predict(args: argparse.Namespace) -> int:
         raise ValueError(f"image files not found: {', '.join(missing)}.")
     meta = pipeline.read_metadata(args.state)
     transform = transform_from_json(meta.get("transform", {}))
-    calibration = meta.get("calibration")
-    calibration = pipeline.Calibration(**calibration) if calibration else None
+    calibration = _calibration(meta.get("calibration"), args.state)
     threshold = args.threshold
     if threshold is None and calibration is not None:
         threshold = calibration.threshold
@@ -82,10 +82,25 @@ def run_predict(args: argparse.Namespace) -> int:
         print(f"threshold {threshold:.4f} ("
               + ("--threshold" if args.threshold is not None else
                  f"quantile {calibration.quantile:g} of the scores of "
-                 f"{calibration.num_images} training images")
+                 f"{calibration.num_images} nominal images recorded by jad fit")
               + ")")
     report = {"state": str(Path(args.state).absolute()), "threshold": threshold,
               "images": results}
     (out / "predictions.json").write_text(json.dumps(report, indent=2))
     print(f"wrote maps, overlays and predictions.json to {out}")
     return 0
+
+
+def _calibration(values, state) -> pipeline.Calibration | None:
+    """The calibration jad fit recorded, checked (finite numbers), or None."""
+    if values is None:
+        return None
+    fields = pipeline.Calibration._fields
+    if not (isinstance(values, dict) and set(values) == set(fields)
+            and all(isinstance(values[f], (int, float)) and not isinstance(
+                values[f], bool) and math.isfinite(values[f]) for f in fields)):
+        raise ValueError(
+            f"{state}: the recorded calibration must hold the finite numbers "
+            f"{', '.join(fields)}; got {values!r}."
+        )
+    return pipeline.Calibration(**values)

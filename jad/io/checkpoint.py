@@ -13,12 +13,13 @@ new one:
 
 A ``KeyboardInterrupt`` or error between 2 and 3 renames the old folder back at once.
 After a SIGKILL (or power loss) :func:`recover`, which every save and load calls first,
-finishes the job: with ``<name>`` missing, the old folder (complete: it was moved
-aside whole) is renamed back; leftovers of writers that are no longer running
-(temporary folders, old folders after step 3, and the ``<name>.tmpXXXXXXXX`` folders
-of jad 0.1's saves) are removed. Folders of a writer that is still running (its pid,
-on this machine) are left alone, so two processes never delete each other's work; two
-writers of the same folder at the same time are not supported (the last rename wins).
+finishes the job: cut between 2 and 3 (``<name>`` missing, the same swap's temporary
+folder still there), the old folder (complete: it was moved aside whole) is renamed
+back; other leftovers of writers that are no longer running are removed. Only names
+of the exact form ``<name>.jad-old-<pid>-<8 hex digits>`` (or ``.jad-tmp-``) are
+touched, and those of a writer that is still running (its pid, on this machine) are
+left alone, so two processes never delete each other's work; two writers of the same
+folder at the same time are not supported (the last rename wins).
 
 :func:`file_digests` and :func:`verify_digests` record and check the SHA-256 of every
 file of a folder, so a truncated, edited or bit-flipped file is reported by name
@@ -42,7 +43,8 @@ __all__ = ["atomic_folder", "file_digests", "recover", "verify_digests"]
 
 _TMP = ".jad-tmp-"
 _OLD = ".jad-old-"
-_LEGACY_TMP = re.compile(r"\.tmp[a-z0-9_]{8}$")  # tempfile.mkdtemp(prefix=name+".tmp")
+# What follows the marker: the writer's pid and an 8-hex-digit token of the swap.
+_TOKEN = re.compile(r"(\d+)-([0-9a-f]{8})")
 _CHUNK = 1 << 22
 
 
@@ -58,51 +60,61 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _leftovers(directory: Path) -> tuple[list[Path], list[Path]]:
-    """(old folders, temporary folders) of dead writers of ``directory``."""
+def _leftovers(directory: Path) -> tuple[dict, dict]:
+    """({token: old folder}, {token: temporary folder}) of dead writers.
+
+    Only names of the exact form ``<name>.jad-old-<pid>-<8 hex digits>`` (and
+    ``.jad-tmp-``) count, so a user's folder is never taken for a leftover. A
+    parent that cannot be listed has none that can be recovered.
+    """
     parent, name = directory.parent, directory.name
-    old, tmp = [], []
-    if not parent.is_dir():
+    old, tmp = {}, {}
+    try:
+        entries = list(parent.iterdir())
+    except OSError:
         return old, tmp
-    for entry in parent.iterdir():
-        rest = entry.name[len(name):]
-        if not entry.name.startswith(name) or not entry.is_dir() or entry.is_symlink():
+    for entry in entries:
+        if not entry.name.startswith(name):
             continue
+        rest = entry.name[len(name):]
         for marker, found in ((_OLD, old), (_TMP, tmp)):
-            if rest.startswith(marker):
-                pid = rest[len(marker):].split("-", 1)[0]
-                if pid.isdigit() and not _pid_alive(int(pid)):
-                    found.append(entry)
-        if _LEGACY_TMP.fullmatch(rest) and {p.name for p in entry.iterdir()} <= {
-            "state", "detector.json"
-        }:
-            tmp.append(entry)
+            match = rest.startswith(marker) and _TOKEN.fullmatch(rest[len(marker):])
+            if (match and entry.is_dir() and not entry.is_symlink()
+                    and not _pid_alive(int(match.group(1)))):
+                found[rest[len(marker):]] = entry
     return old, tmp
 
 
 def recover(directory) -> list[str]:
     """Finishes or undoes an interrupted :func:`atomic_folder` swap of ``directory``.
 
+    An old folder is put back only when the swap was cut between its two renames:
+    ``directory`` is missing and the same swap's temporary folder still exists.
+    Otherwise (the new folder was renamed in, or the user removed ``directory``
+    since) the leftovers are removed.
+
     Args:
       directory: the destination folder (absolute or relative path).
 
     Returns:
       One line per action taken (empty when there was nothing to do), e.g.
-      ``"restored /x/bottle from /x/bottle.jad-old-123-ab12"``.
+      ``"restored /x/bottle from bottle.jad-old-123-0a1b2c3d"``.
     """
     directory = Path(directory).absolute()
     old, tmp = _leftovers(directory)
     actions = []
-    if old and not os.path.lexists(directory):
-        # Moved aside whole in step 2, so complete; the newest one if several.
-        newest = max(old, key=lambda p: p.stat().st_mtime)
-        os.rename(newest, directory)
-        _fsync_dir(directory.parent)
-        old.remove(newest)
-        actions.append(f"restored {directory} from {newest.name}")
-    for leftover in old + tmp:
+    if not os.path.lexists(directory):
+        cut = [token for token in old if token in tmp]
+        if cut:
+            token = max(cut, key=lambda t: old[t].stat().st_mtime)
+            os.rename(old.pop(token), directory)
+            _fsync_dir(directory.parent)
+            actions.append(f"restored {directory} from "
+                           f"{directory.name}{_OLD}{token}")
+    for leftover in [*old.values(), *tmp.values()]:
         shutil.rmtree(leftover, ignore_errors=True)
-        actions.append(f"removed {leftover}")
+        if not os.path.lexists(leftover):
+            actions.append(f"removed {leftover}")
     return actions
 
 
@@ -156,28 +168,29 @@ def atomic_folder(directory) -> Iterator[Path]:
     token = f"{os.getpid()}-{secrets.token_hex(4)}"
     tmp = directory.parent / f"{directory.name}{_TMP}{token}"
     tmp.mkdir()
+    aside = directory.parent / f"{directory.name}{_OLD}{token}"
     try:
         yield tmp
         _fsync_tree(tmp)
         if os.path.lexists(directory):
-            aside = directory.parent / f"{directory.name}{_OLD}{token}"
             os.rename(directory, aside)
-            try:
-                os.rename(tmp, directory)
-            except BaseException:
-                os.rename(aside, directory)
-                raise
-            _fsync_dir(directory.parent)
+        os.rename(tmp, directory)
+        _fsync_dir(directory.parent)
+    except BaseException:
+        # Cut between the two renames (an error or Ctrl-C): the old one goes back.
+        # (The aside name is this swap's own: if it exists, it is the old folder,
+        # even when the interrupt came before `moved_aside` was set.)
+        if os.path.lexists(aside) and not os.path.lexists(directory):
+            os.rename(aside, directory)
+        raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+        if os.path.lexists(aside) and os.path.lexists(directory):
             if aside.is_dir() and not aside.is_symlink():
                 shutil.rmtree(aside, ignore_errors=True)
             else:
                 aside.unlink()
-        else:
-            os.rename(tmp, directory)
-            _fsync_dir(directory.parent)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _sha256(path: Path) -> str:

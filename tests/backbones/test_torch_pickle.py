@@ -290,3 +290,28 @@ def test_read_arrays_are_independent_copies(tmp_path):
     got = read_torch_checkpoint(path)
     got["a"][3] = -1.0
     np.testing.assert_array_equal(got["b"], [2.0, 3.0, 4.0, 5.0])
+
+
+def test_expanded_view_bomb_and_oversized_zip_entry_are_refused(tmp_path):
+    torch = pytest.importorskip("torch")
+    from jad.backbones.torch_pickle import read_torch_checkpoint
+
+    bomb = tmp_path / "bomb.pth"  # 1.5 kB that would materialise 1.5 GB
+    torch.save({"w": torch.zeros(1).expand(20000, 20000)}, bomb)
+    with pytest.raises(WeightsError, match="expanded view"):
+        read_torch_checkpoint(str(bomb))
+    small = tmp_path / "small.pth"
+    torch.save({"w": torch.zeros(1).expand(4, 4)}, small)  # fine: 16 elements
+    assert read_torch_checkpoint(str(small))["w"].shape == (4, 4)
+    # a zip entry larger than its header announces is refused before reading it
+    import zipfile
+
+    lying = tmp_path / "lying.pth"
+    with zipfile.ZipFile(small) as src, zipfile.ZipFile(lying, "w") as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            if "/data/" in info.filename:
+                data = b"\0" * (1 << 20)
+            dst.writestr(info.filename, data, zipfile.ZIP_DEFLATED)
+    with pytest.raises(WeightsError, match="holds 1048576 bytes, not the 4"):
+        read_torch_checkpoint(str(lying))

@@ -64,9 +64,10 @@ def test_atomic_folder_error_in_body_keeps_the_old_folder(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
+@pytest.mark.parametrize("after", [False, True])
 @pytest.mark.parametrize("failing_rename", [0, 1])
 def test_interrupt_at_each_rename_keeps_a_complete_folder(
-    tmp_path, monkeypatch, failing_rename
+    tmp_path, monkeypatch, failing_rename, after
 ):
     target = tmp_path / "out"
     with checkpoint.atomic_folder(target) as tmp:
@@ -76,6 +77,8 @@ def test_interrupt_at_each_rename_keeps_a_complete_folder(
     def rename(src, dst):
         calls.append((src, dst))
         if len(calls) == failing_rename + 1:
+            if after:  # Ctrl-C right after the rename returned
+                real_rename(src, dst)
             raise KeyboardInterrupt
         return real_rename(src, dst)
 
@@ -83,15 +86,16 @@ def test_interrupt_at_each_rename_keeps_a_complete_folder(
     with pytest.raises(KeyboardInterrupt), checkpoint.atomic_folder(target) as tmp:
         _write(tmp, "b")
     monkeypatch.setattr(checkpoint.os, "rename", real_rename)
-    assert _tag(target) == "a"
+    # Interrupted after step 3 the new folder is in; otherwise the old one is back.
+    assert _tag(target) == ("b" if after and failing_rename == 1 else "a")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
 def test_recover_after_sigkill_between_the_renames(tmp_path):
     # The state SIGKILL leaves between steps 2 and 3: old aside, new complete.
     pid = _dead_pid()
-    old = tmp_path / f"out.jad-old-{pid}-0001"
-    new = tmp_path / f"out.jad-tmp-{pid}-0001"
+    old = tmp_path / f"out.jad-old-{pid}-0000000a"
+    new = tmp_path / f"out.jad-tmp-{pid}-0000000a"
     for folder, tag in ((old, "a"), (new, "b")):
         folder.mkdir()
         _write(folder, tag)
@@ -101,29 +105,48 @@ def test_recover_after_sigkill_between_the_renames(tmp_path):
     assert len(actions) == 2 and actions[0].startswith("restored")
 
 
-def test_recover_cleans_leftovers_but_not_live_writers(tmp_path):
+def test_recover_cleans_leftovers_but_not_live_writers_or_user_folders(tmp_path):
     target = tmp_path / "out"
     target.mkdir()
     _write(target, "b")
     pid = _dead_pid()
-    half_removed = tmp_path / f"out.jad-old-{pid}-0002"  # step 4 interrupted
+    half_removed = tmp_path / f"out.jad-old-{pid}-0000000b"  # step 4 interrupted
     half_removed.mkdir()
     (half_removed / "f00.txt").write_text("a:0")
-    orphan = tmp_path / f"out.jad-tmp-{pid}-0003"
+    orphan = tmp_path / f"out.jad-tmp-{pid}-0000000c"
     orphan.mkdir()
-    legacy = tmp_path / "out.tmpab12cd_9"  # jad 0.1's tempfile.mkdtemp
-    (legacy / "state").mkdir(parents=True)
-    live = tmp_path / f"out.jad-tmp-{os.getppid()}-0004"  # a running process's
+    live = tmp_path / f"out.jad-tmp-{os.getppid()}-0000000d"  # a running process's
     live.mkdir()
-    unrelated = [tmp_path / "out.tmpnotours", tmp_path / "outer.jad-tmp-1-x",
-                 tmp_path / "out.tmpab12cd_8"]
-    for folder in unrelated:
-        folder.mkdir()
-    (unrelated[2] / "notes.txt").write_text("a user's folder with the same shape")
+    users = [tmp_path / "out.tmpab12cd_9", tmp_path / "out.tmp20240101",
+             tmp_path / f"out.jad-old-{pid}-mybackup", tmp_path / "outer.jad-tmp-1-x",
+             tmp_path / f"out.jad-old-{pid}-0000000e-copy"]
+    for folder in users:
+        (folder / "state").mkdir(parents=True)  # look like detectors: still kept
     checkpoint.recover(target)
     assert _tag(target) == "b"
     left = sorted(p.name for p in tmp_path.iterdir())
-    assert left == sorted(["out", live.name, *(p.name for p in unrelated)])
+    assert left == sorted(["out", live.name, *(p.name for p in users)])
+
+
+def test_a_stale_old_folder_is_not_restored_after_the_user_removed_the_target(
+    tmp_path,
+):
+    # SIGKILL after step 3 (the new folder is in, the old one not yet removed),
+    # then the user deletes the target: the old folder is garbage, not restored.
+    pid = _dead_pid()
+    stale = tmp_path / f"out.jad-old-{pid}-0000000f"
+    stale.mkdir()
+    _write(stale, "a")
+    assert checkpoint.recover(tmp_path / "out") == [f"removed {stale}"]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_recover_needs_no_listable_parent(tmp_path, monkeypatch):
+    def refuse(self):
+        raise PermissionError("not listable")
+
+    monkeypatch.setattr(Path, "iterdir", refuse)
+    assert checkpoint.recover(tmp_path / "out") == []
 
 
 def test_file_digests_and_verify(tmp_path):
