@@ -55,26 +55,31 @@ def _int_at_least(text: str, low: int) -> int:
     return value
 
 
-def finite_float(text: str) -> float:
-    """An argparse type: a finite number (not nan or inf)."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a finite number; got {text!r}")
-    return value
+def float_type(description: str, accept):
+    """An argparse type for floats that ``accept(value)`` admits (NaN never does).
+
+    Args:
+      description: what is expected, for the message ("a number in (0, 1]").
+      accept: the predicate on the parsed float.
+
+    Returns:
+      The parser, for ``add_argument(type=...)``.
+    """
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        if math.isnan(value) or not accept(value):
+            raise argparse.ArgumentTypeError(f"expected {description}; got {text!r}")
+        return value
+
+    return parse
 
 
-def fraction(text: str) -> float:
-    """An argparse type: a number in (0, 1]."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0.0 < value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1]; got {text!r}")
-    return value
+finite_float = float_type("a finite number", math.isfinite)
+fraction = float_type("a number in (0, 1]", lambda value: 0.0 < value <= 1.0)
 
 
 def parse_levels(text: str) -> tuple[int, ...]:

@@ -13,6 +13,7 @@ from jad import data, pipeline
 from jad.cli.common import (
     DEFAULT_BACKBONE,
     add_data_arguments,
+    float_type,
     fraction,
     make_config,
     open_split,
@@ -118,16 +119,8 @@ def run_fit(args: argparse.Namespace) -> int:
 
 
 _MAX_HOLDOUT = 64
-
-
-def _holdout_fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0.0 <= value <= 0.5:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 0.5]; got {text!r}")
-    return value
+_holdout_fraction = float_type("a number in [0, 0.5]",
+                               lambda value: 0.0 <= value <= 0.5)
 
 
 def _evenly_spaced_indices(n: int, count: int) -> list[int]:
