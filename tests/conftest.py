@@ -26,26 +26,17 @@ _HEALTH = [
     HealthCheck.data_too_large,
     HealthCheck.filter_too_much,
 ]
+_COMMON = dict(deadline=None, database=None, print_blob=True,
+               suppress_health_check=_HEALTH)
 settings.register_profile(
     "ci",
     max_examples=8,
     derandomize=True,
-    deadline=None,
-    database=None,
-    print_blob=True,
-    suppress_health_check=_HEALTH,
     # No shrinking: a failure is reported as drawn (rerun with "deep" to shrink it).
     phases=[Phase.explicit, Phase.reuse, Phase.generate],
+    **_COMMON,
 )
-settings.register_profile(
-    "deep",
-    max_examples=400,
-    derandomize=False,
-    deadline=None,
-    database=None,
-    print_blob=True,
-    suppress_health_check=_HEALTH,
-)
+settings.register_profile("deep", max_examples=400, derandomize=False, **_COMMON)
 settings.load_profile(os.environ.get("JAD_HYPOTHESIS_PROFILE", "ci"))
 
 
