@@ -1,7 +1,7 @@
 """Benchmark: PatchCore's kernels and every method, jad against the PyTorch way.
 
 Part 1, kernels (synthetic, the issue's shapes). N images x h x w patches of D-dim
-embeddings, a sparse Johnson-Lindenstrauss projection (``jad.coreset.
+embeddings, a sparse Johnson-Lindenstrauss projection (``jad.ops.
 sparse_random_projection``, ``--proj-dim``, default the JL dimension for eps 0.9: 301
 for 204,800 patches), a ``--ratio`` coreset and ``--n-test`` test images. Every
 implementation gets the same projected points and the same first index:
@@ -177,7 +177,7 @@ def _sync(device):
 def _w_jad_coreset(job):
     import jax
 
-    from jad.coreset import greedy_coreset
+    from jad.methods.coreset import greedy_coreset
 
     points = jax.device_put(np.load(os.path.join(job["dir"], "projected.npy")))
     first = jax.device_put(np.int32(job["first"]))
@@ -287,7 +287,7 @@ def _best_of(fn, repeat):
 def _w_jad_score(job):
     import jax
 
-    from jad.neighbors import nearest_neighbors
+    from jad.ops import nearest_neighbors
 
     test = jax.device_put(np.load(os.path.join(job["dir"], "test.npy")))
     bank = jax.device_put(np.load(os.path.join(job["dir"], "bank.npy")))
@@ -533,7 +533,7 @@ def _near_tie(points, prefix, peer_pick, jad_pick):
 def _kernels(args, workdir, env):
     import jax
 
-    from jad.coreset import johnson_lindenstrauss_dim, sparse_random_projection
+    from jad.ops import johnson_lindenstrauss_dim, sparse_random_projection
 
     rng = np.random.default_rng(args.seed)
     n_points = args.images * args.side * args.side

@@ -2,7 +2,8 @@
 
 Subpackages: ``jad.sparse`` (OMP, K-SVD, dictionaries), ``jad.backbones`` (Flax
 ResNets and EfficientNet-Lite), ``jad.data`` (datasets, preprocessing, built-in data),
-``jad.ops`` (blur, resize, morphology), ``jad.io`` (crash-safe saved folders),
+``jad.ops`` (blur, resize, morphology, ImageNet normalisation, patches, k-NN, random
+projections, Gaussians), ``jad.io`` (crash-safe saved folders),
 ``jad.metrics``, ``jad.viz``, ``jad.methods`` (PatchCore, PaDiM), ``jad.pipeline`` and
 ``jad.evaluation``.
 """

@@ -35,6 +35,8 @@ class Evaluation(NamedTuple):
         normalised), ``pixel_ap``, ``seconds_per_image``, ``num_images``,
         ``num_anomalous`` (pixel metrics are ``None`` when the split has no
         anomalous pixel; image AUROC is ``None`` with a single class),
+        ``pro_tolerance``: the bound on the PROs' error that :func:`evaluate` was
+        given (0.0: exact),
         ``empty_masks``: the mask files of defective images whose mask is empty
         after thresholding (``jad.data.EmptyMaskWarning``; their pixels count as
         normal in the pixel metrics), and ``per_defect``: ``{defect type:
@@ -58,7 +60,7 @@ class Evaluation(NamedTuple):
     defect_types: tuple[str, ...]
 
 
-def _metrics(maps, scores, labels, masks) -> dict:
+def _metrics(maps, scores, labels, masks, pro_tolerance: float) -> dict:
     """Image AUROC, pixel AUROC, PRO and pixel AP (None where undefined)."""
     result = {"image_auroc": None, "pixel_auroc": None, "pro": None, "pixel_ap": None}
     if 0 < labels.sum() < labels.size:
@@ -66,8 +68,19 @@ def _metrics(maps, scores, labels, masks) -> dict:
     if masks.any() and not masks.all():
         result["pixel_auroc"] = metrics.auroc(maps, masks)
         result["pixel_ap"] = metrics.average_precision(maps, masks)
-        result["pro"] = metrics.pro(maps, masks, max_fpr=_MAX_FPR)
+        result["pro"] = metrics.pro(
+            maps, masks, max_fpr=_MAX_FPR, tolerance=pro_tolerance
+        )
     return result
+
+
+def _check_tolerance(fn: str, name: str, value) -> float:
+    """Returns ``value`` as a float in [0, 1) (``jad.metrics.pro``'s ``tolerance``)."""
+    _checks.check_real_scalar(fn, name, value)
+    value = float(value)
+    if not 0.0 <= value < 1.0:  # NaN fails too
+        raise ValueError(f"{fn}: {name} must be in [0, 1); got {value}.")
+    return value
 
 
 def _defect_subsets(labels, defect_types) -> dict[str, np.ndarray]:
@@ -87,12 +100,14 @@ def evaluate(
     batch_size: int = 8,
     num_workers: int = 0,
     progress: bool = True,
+    pro_tolerance: float = 0.0,
 ) -> Evaluation:
     """Scores a test split and computes image AUROC, pixel AUROC, PRO and pixel AP.
 
     Metrics are computed on the raw scores (no min-max normalisation, which changes
     none of them) by :mod:`jad.metrics` (exact, sort-based; PRO as the MVTec AD
-    reference), over the whole split and per defect type.
+    reference, or within ``pro_tolerance`` of it), over the whole split and per
+    defect type.
 
     Args:
       detector: a fitted detector.
@@ -100,9 +115,23 @@ def evaluate(
       batch_size: images per device batch.
       num_workers: decoding threads of the dataset's batch iterator.
       progress: show a progress bar.
+      pro_tolerance: float in [0, 1). 0 (default): every PRO is the exact AUPRO.
+        Otherwise each PRO (the split's and each defect type's) is guaranteed
+        within ``pro_tolerance`` of the exact value, a rigorous bound and not an
+        estimate (:func:`jad.metrics.pro` with ``tolerance``): the normal pixels'
+        scores are counted in score bins rather than sorted, about twice as fast
+        on large splits. A set of fewer than 2^22 pixels (e.g. 64 images of
+        256 x 256) is computed exactly whatever the tolerance. ``1e-6`` is far
+        below the 3 decimals papers report. Recorded as
+        ``metrics["pro_tolerance"]``.
 
     Returns:
       :class:`Evaluation`.
+
+    Raises:
+      ValueError: ``pro_tolerance`` outside [0, 1) (checked before any image is
+        scored).
+      TypeError: ``pro_tolerance`` is not a real number.
 
     Note:
       Per-defect metrics (``metrics["per_defect"]``, one entry per defect type of
@@ -115,6 +144,7 @@ def evaluate(
       images are shared by every type, so the per-type values are not independent
       and do not average to the overall ones.
     """
+    pro_tolerance = _check_tolerance("evaluate", "pro_tolerance", pro_tolerance)
     labels, masks, paths, types = [], [], [], []
 
     stream = dataset.batches(batch_size, num_workers=num_workers)
@@ -139,13 +169,20 @@ def evaluate(
         "num_anomalous": int(labels_a.sum()),
         "empty_masks": list(getattr(dataset, "empty_masks", ())),
         "seconds_per_image": float(seconds),
-        **_metrics(maps, scores, labels_a, masks_a),
+        "pro_tolerance": pro_tolerance,
+        **_metrics(maps, scores, labels_a, masks_a, pro_tolerance),
     }
     per_defect = {}
     for name, subset in _defect_subsets(labels_a, types).items():
         per_defect[name] = {
             "num_images": int(subset.size - np.count_nonzero(labels_a == 0)),
-            **_metrics(maps[subset], scores[subset], labels_a[subset], masks_a[subset]),
+            **_metrics(
+                maps[subset],
+                scores[subset],
+                labels_a[subset],
+                masks_a[subset],
+                pro_tolerance,
+            ),
         }
     result["per_defect"] = per_defect
     return Evaluation(

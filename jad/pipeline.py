@@ -1,157 +1,64 @@
-"""The detection pipeline: backbone -> method -> post-processing, fit / predict / save.
+"""Drivers: fit a detector over a dataset, score batches, calibrate, save and load.
 
-A :class:`Detector` bundles the backbone's variables, a fitted method state and the
-static facts needed to use them (method name, config, backbone name, image size). It is
-a pytree, so ``anomaly_maps(detector, images)`` is a pure, jittable function of the
-images, differentiable end to end (F2PAD back-propagates through it).
+The :class:`jad.detector.Detector` and its pure functions (``anomaly_maps``,
+``feature_loss``) live in :mod:`jad.detector`; this module holds the host loops
+around them.
 
-``fit_detector`` streams training batches through the backbone and the method's
-``embed`` on device; a method with ``fit_batches`` (PaDiM) merges each batch's
-embeddings as they come, the others' are gathered on the host for ``fit``.
+``fit_detector`` streams training batches through the backbone (if the method has
+one) and the method's ``embed`` on device; a method with ``fit_batches`` (PaDiM)
+merges each batch's embeddings as they come, the others' are gathered on the host
+(any pytree of per-level arrays, stacked leaf by leaf) for ``fit``.
 
-``save_detector`` / ``load_detector`` store the method state with orbax and the rest
-as JSON; the backbone weights are not copied (they are re-obtained with
-:func:`jad.backbones.load_pretrained` from the recorded source), but their digest is
-recorded and checked on loading, so a detector never silently runs on other weights.
+``save_detector`` / ``load_detector`` store the whole method state (any pytree) with
+orbax and the rest as JSON, and restore the state into a template (``jax.eval_shape``
+of the method's ``init``), listing what does not fit. The backbone weights are not
+copied (they are re-obtained with :func:`jad.backbones.load_pretrained` from the
+recorded source), but their digest is recorded and checked on loading, so a
+detector never silently runs on other weights.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import hashlib
 import json
 import os
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
-import flax.errors
-import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jad import _checks
 from jad import backbones as bb
-from jad._xla import conv_jit
+from jad.data import Transform
+from jad.detector import (
+    Detector,
+    _check_images,
+    _embed,
+    _maps_and_scores,
+    _variables_fit,
+    anomaly_maps,
+    embed_images,
+)
 from jad.errors import DatasetError
 from jad.io import checkpoint as io_checkpoint
-from jad.methods.base import get_method, list_methods, max_image_score, postprocess
+from jad.methods.base import get_method, list_methods
 
 __all__ = [
     "Calibration",
-    "Detector",
-    "anomaly_maps",
     "calibrate",
     "check_output_folder",
-    "embed_images",
     "fit_detector",
     "load_detector",
     "predict",
     "read_metadata",
     "save_detector",
 ]
-
-@flax.struct.dataclass
-class Detector:
-    """A fitted anomaly detector (a pytree: arrays are leaves, the rest is static).
-
-    Attributes:
-      variables: backbone variables (``{"params", "batch_stats"}``).
-      state: the method's fitted state.
-      method: method name (static).
-      backbone: backbone name (static).
-      image_size: (H, W) the detector was fitted at (static).
-      weights: where the backbone weights came from: ``None`` (the default
-        pretrained weights) or a file path (static; recorded for saving).
-    """
-
-    variables: Any
-    state: Any
-    method: str = flax.struct.field(pytree_node=False)
-    backbone: str = flax.struct.field(pytree_node=False)
-    image_size: tuple[int, int] = flax.struct.field(pytree_node=False)
-    weights: str | None = flax.struct.field(pytree_node=False, default=None)
-
-    @property
-    def config(self):
-        """The method config (stored on the state)."""
-        return self.state.config
-
-
-def _embed(method, config, backbone, variables, images):
-    features = bb.extract_features(backbone, variables, images, config.levels)
-    return method.embed(config, features)
-
-
-@functools.partial(conv_jit, static_argnames=("method_name", "config", "backbone"))
-def _embed_jit(variables, images, *, method_name, config, backbone):
-    return _embed(get_method(method_name), config, backbone, variables, images)
-
-
-@contextlib.contextmanager
-def _variables_fit(fn: str, backbone: str):
-    """Turns Flax's errors about missing or misshaped parameters into a ValueError."""
-    try:
-        yield
-    except flax.errors.FlaxError as err:
-        raise ValueError(
-            f"{fn}: the backbone variables do not fit {backbone!r} (variables of "
-            f"another backbone?): {str(err).splitlines()[0]}"
-        ) from err
-
-
-def embed_images(method: str, config, backbone: str, variables, images) -> jax.Array:
-    """Backbone features of ``images`` turned into the method's embeddings.
-
-    Args:
-      method: method name.
-      config: the method's config.
-      backbone: backbone name.
-      variables: backbone variables.
-      images: (B, H, W, 3) ImageNet-normalised float images.
-
-    Returns:
-      The method's embeddings, e.g. (B, h, w, D).
-    """
-    with _variables_fit("embed_images", backbone):
-        return _embed_jit(
-            variables, jnp.asarray(images), method_name=method, config=config,
-            backbone=backbone,
-        )
-
-
-def _check_images(fn: str, images, image_size=None):
-    # Shapes and dtypes only, so it also runs on tracers (under a user's jit) and
-    # never copies a device array to the host.
-    if not (hasattr(images, "shape") and hasattr(images, "dtype")):
-        images = np.asarray(images)
-    if images.ndim != 4 or images.shape[-1] != 3:
-        raise ValueError(
-            f"{fn}: images must be (B, H, W, 3); got shape {images.shape}."
-        )
-    if images.shape[0] == 0:
-        raise ValueError(
-            f"{fn}: images must hold at least one image; got shape {images.shape}."
-        )
-    if not jnp.issubdtype(images.dtype, jnp.floating):
-        raise TypeError(
-            f"{fn}: images must be float (ImageNet-normalised); got {images.dtype}."
-        )
-    if image_size is not None and tuple(images.shape[1:3]) != tuple(image_size):
-        raise ValueError(
-            f"{fn}: the detector was fitted on {image_size[0]}x{image_size[1]} "
-            f"images; got {images.shape[1]}x{images.shape[2]}. Resize the images "
-            "(jad.data.Transform) to the fitted size."
-        )
-    # Non-finite pixels would give NaN maps (or, in a careless kernel, "normal"
-    # scores): refused whenever the values are at hand (not under a user's trace).
-    _checks.check_finite(fn, "images", images)
-    return images
-
 
 def _check_results(fn: str, maps, scores, what: str) -> None:
     """Refuses NaN/inf maps or scores of finite images (the features overflowed)."""
@@ -163,9 +70,18 @@ def _check_results(fn: str, maps, scores, what: str) -> None:
         )
 
 
-def _training_embeddings(fn, method, config, backbone, variables, train_batches,
+def _check_tree_finite(fn: str, what: str, tree) -> None:
+    for leaf in jax.tree.leaves(tree):
+        _checks.check_finite(fn, what, leaf)
+
+
+def _slice(tree, n: int):
+    return jax.tree.map(lambda x: x[:n], tree)
+
+
+def _training_embeddings(fn, spec, config, backbone, variables, train_batches,
                          seen: dict, progress: bool):
-    """Yields each training batch's embeddings (device arrays), checked finite.
+    """Yields each training batch's embeddings (device pytrees), checked finite.
 
     A batch is yielded once the next one is dispatched, so the device embeds it
     while the caller fetches or merges the previous one. A short (last) batch is
@@ -176,24 +92,25 @@ def _training_embeddings(fn, method, config, backbone, variables, train_batches,
     from tqdm.auto import tqdm
 
     def checked(embeddings, index):  # on the device: no host copy to test it
-        _checks.check_finite(
+        _check_tree_finite(
             fn, f"the embeddings of training batch {index} (finite images whose "
             "features overflowed: are they ImageNet-normalised floats?)", embeddings,
         )
         return embeddings
 
     size, pending, index = None, None, 0
-    for batch in tqdm(train_batches, desc=f"{method}: features", disable=not progress,
-                      unit="batch"):
+    for batch in tqdm(train_batches, desc=f"{spec.name}: features",
+                      disable=not progress, unit="batch"):
         images = _check_images(fn, getattr(batch, "images", batch), seen["image_size"])
         seen["image_size"] = tuple(images.shape[1:3])
         n = images.shape[0]
+        seen.setdefault("batch", n)
         seen["images"] += n
         size = n if size is None else size
         if n < size:
             filler = np.zeros((size - n, *images.shape[1:]), images.dtype)
             images = np.concatenate([np.asarray(images), filler])
-        emb = embed_images(method, config, backbone, variables, images)[:n]
+        emb = _slice(embed_images(spec.name, config, backbone, variables, images), n)
         if pending is not None:
             yield checked(pending, index)
             index += 1
@@ -203,41 +120,83 @@ def _training_embeddings(fn, method, config, backbone, variables, train_batches,
     yield checked(pending, index)
 
 
-def _gather(stream, num_batches: int | None) -> np.ndarray:
-    """The streamed embeddings in one host array.
+def _gather(stream, num_batches: int | None):
+    """The streamed embeddings in one host pytree (each leaf stacked over images).
 
-    With the number of batches known (``jad.data`` batches have a ``len``), the
-    array is allocated once after the first batch and filled in place, so the
+    With the number of batches known (``jad.data`` batches have a ``len``), each
+    leaf is allocated once after the first batch and filled in place, so the
     embeddings are held once, not twice (chunks plus their concatenation).
     """
-    first = np.asarray(next(stream))
+    first = jax.tree.map(np.asarray, next(stream))
+    leaves, treedef = jax.tree.flatten(first)
     if num_batches is None:
-        return np.concatenate([first, *(np.asarray(e) for e in stream)])
-    out = np.empty((num_batches * first.shape[0], *first.shape[1:]), first.dtype)
-    out[: len(first)] = first
-    filled = len(first)
+        parts = [leaves] + [
+            [np.asarray(x) for x in jax.tree.leaves(e)] for e in stream
+        ]
+        return treedef.unflatten(
+            [np.concatenate(column) for column in zip(*parts, strict=True)]
+        )
+    outs = [np.empty((num_batches * x.shape[0], *x.shape[1:]), x.dtype)
+            for x in leaves]
+    for out, x in zip(outs, leaves, strict=True):
+        out[: len(x)] = x
+    filled = len(leaves[0])
     extra = []  # batches beyond the preallocated rows (more than announced)
     for emb in stream:
-        emb = np.asarray(emb)
-        if extra or filled + len(emb) > len(out):
-            extra.append(emb)
+        parts = [np.asarray(x) for x in jax.tree.leaves(emb)]
+        if extra or filled + len(parts[0]) > len(outs[0]):
+            extra.append(parts)
             continue
-        out[filled : filled + len(emb)] = emb
-        filled += len(emb)
-    if extra:
-        return np.concatenate([out[:filled], *extra])
-    return out[:filled]
+        for out, x in zip(outs, parts, strict=True):
+            out[filled : filled + len(x)] = x
+        filled += len(parts[0])
+    gathered = []
+    for i, out in enumerate(outs):
+        gathered.append(np.concatenate([out[:filled], *(e[i] for e in extra)])
+                        if extra else out[:filled])
+    return treedef.unflatten(gathered)
+
+
+def _check_backbone(fn: str, spec, backbone, variables):
+    if spec.inputs == "images":
+        if backbone is not None or variables is not None:
+            raise ValueError(
+                f"{fn}: method {spec.name!r} reads images, not backbone features; "
+                "pass backbone=None and variables=None."
+            )
+        return
+    if backbone is None or variables is None:
+        raise ValueError(
+            f"{fn}: method {spec.name!r} reads backbone features: backbone and "
+            "variables are required (e.g. jad.backbones.load_pretrained)."
+        )
+    bb.registry.check_name(fn, backbone)
+
+
+def _calibration_maps(spec, state, embeddings, image_size, batch: int):
+    """The training images' final maps (N, H, W), for a method's calibrate hook."""
+    count = len(jax.tree.leaves(embeddings)[0])
+    step = jax.jit(lambda st, e: _maps_and_scores(spec, st, e, image_size)[0])
+    maps = []
+    for start in range(0, count, batch):
+        part = jax.tree.map(lambda x, s=start: jnp.asarray(x[s : s + batch]),
+                            embeddings)
+        maps.append(np.asarray(step(state, part)))
+    return np.concatenate(maps)
 
 
 def fit_detector(
     method: str,
     train_batches: Iterable,
     *,
-    backbone: str,
-    variables,
+    backbone: str | None = None,
+    variables=None,
     config=None,
     key: jax.Array,
     weights: str | None = None,
+    transform: Transform | None = None,
+    inputs: dict | None = None,
+    checkpoint_dir=None,
     progress: bool = True,
 ) -> Detector:
     """Fits ``method`` on training images streamed in batches.
@@ -246,25 +205,37 @@ def fit_detector(
       method: method name (:func:`jad.methods.list_methods`).
       train_batches: iterable of (B, H, W, 3) ImageNet-normalised float batches, or of
         objects with an ``images`` attribute (``jad.data.Batch``); all the same size.
-      backbone: backbone name.
-      variables: backbone variables (e.g. from :func:`jad.backbones.load_pretrained`).
+      backbone: backbone name; required for a method that reads backbone features,
+        ``None`` for one that reads images (``get_method(method).inputs``).
+      variables: backbone variables (e.g. from :func:`jad.backbones.load_pretrained`);
+        ``None`` likewise.
       config: the method's config (default: the method's paper defaults).
       key: PRNG key for the method's fit.
       weights: recorded source of the backbone weights (for :func:`save_detector`).
+      transform: the preprocessing that made the images, recorded on the detector
+        (``jad predict`` and ``jad evaluate`` apply it to new images).
+      inputs: extra arrays the method's ``fit`` takes as keywords
+        (``get_method(method).fit_inputs``, e.g. PAE's texture images); methods
+        never read files.
+      checkpoint_dir: for a method that trains (``get_method(method).trains``): the
+        folder its fit checkpoints to and resumes from.
       progress: show progress bars.
 
     Returns:
-      The fitted :class:`Detector`.
+      The fitted :class:`jad.detector.Detector`. A method with a ``calibrate``
+      hook has its state calibrated on the training images' maps.
 
     Raises:
-      ValueError: unknown method or backbone, no training images, images of mixed
-        sizes, NaN or inf in the images or their embeddings, or fitted statistics
-        that are not finite. TypeError: a config of another method, non-float
-        images.
+      ValueError: unknown method or backbone, a backbone given to a method that
+        reads images (or none to one that reads features), unknown ``inputs`` or a
+        ``checkpoint_dir`` for a method that does not train, no training images,
+        images of mixed sizes, NaN or inf in the images or their embeddings, or
+        fitted statistics that are not finite. TypeError: a config of another
+        method, non-float images.
     """
     fn = "fit_detector"
     spec = get_method(method)
-    bb.registry.check_name(fn, backbone)
+    _check_backbone(fn, spec, backbone, variables)
     if config is None:
         config = spec.config_type()
     if not isinstance(config, spec.config_type):
@@ -272,78 +243,61 @@ def fit_detector(
             f"{fn}: config must be a {spec.config_type.__name__} for method "
             f"{method!r}; got {type(config).__name__}."
         )
-    if not set(config.levels) <= set(bb.registry.LEVELS):  # before any image
-        raise ValueError(
+    if spec.inputs == "features" and not set(config.levels) <= set(bb.registry.LEVELS):
+        raise ValueError(  # before any image
             f"{fn}: config.levels {tuple(config.levels)} are not backbone levels "
             f"(valid: {', '.join(map(str, bb.registry.LEVELS))})."
         )
+    if transform is not None and not isinstance(transform, Transform):
+        raise TypeError(
+            f"{fn}: transform must be a jad.data.Transform; got "
+            f"{type(transform).__name__}."
+        )
+    extra = dict(inputs or {})
+    unknown = sorted(set(extra) - set(spec.fit_inputs))
+    if unknown:
+        raise ValueError(
+            f"{fn}: method {method!r} takes no input(s) {', '.join(unknown)}; its "
+            f"fit takes {', '.join(spec.fit_inputs) or 'none'}."
+        )
+    if checkpoint_dir is not None:
+        if not spec.trains:
+            raise ValueError(
+                f"{fn}: method {method!r} does not train; checkpoint_dir applies "
+                "to methods that do."
+            )
+        extra["checkpoint_dir"] = checkpoint_dir
     seen = {"images": 0, "image_size": None}
-    stream = _training_embeddings(fn, method, config, backbone, variables,
+    stream = _training_embeddings(fn, spec, config, backbone, variables,
                                   train_batches, seen, progress)
     start = time.perf_counter()
+    embeddings = None
     with contextlib.closing(stream):
-        if spec.fit_batches is not None:
+        if spec.fit_batches is not None and spec.calibrate is None:
             # Statistics that are sums: each batch is merged as it comes, so the
             # memory does not grow with the number of images.
-            state = spec.fit_batches(config, stream, key=key, progress=progress)
+            state = spec.fit_batches(config, stream, key=key, progress=progress,
+                                     **extra)
             done = "features and fit of"
         else:
             count = len(train_batches) if hasattr(train_batches, "__len__") else None
             embeddings = _gather(stream, count)
             start = time.perf_counter()
-            state = spec.fit(config, embeddings, key=key, progress=progress)
+            state = spec.fit(config, embeddings, key=key, progress=progress, **extra)
             done = "method fit (features not included) on"
     jax.block_until_ready(state)
+    if spec.calibrate is not None:  # on the training images' final maps
+        maps = _calibration_maps(spec, state, embeddings, seen["image_size"],
+                                 seen["batch"])
+        state = spec.calibrate(state, maps)
     if progress:
         print(f"{method}: {done} {seen['images']} images in "
               f"{time.perf_counter() - start:.1f} s")
     return Detector(
         variables=variables, state=state, method=method, backbone=backbone,
-        image_size=seen["image_size"], weights=weights,
+        image_size=seen["image_size"], weights=weights, transform=transform,
+        num_train=seen["images"],
     )
-
-
-def _anomaly_maps(detector: Detector, images):
-    spec = get_method(detector.method)
-    config = detector.config
-    emb = _embed(spec, config, detector.backbone, detector.variables, images)
-    patch_map = spec.score(detector.state, emb)
-    maps = postprocess(
-        patch_map, images.shape[1:3], upsample=config.upsample, sigma=config.sigma,
-        blur_mode=config.blur_mode,
-    )
-    if spec.image_score is not None:
-        scores = spec.image_score(detector.state, emb, patch_map)
-    else:
-        scores = max_image_score(maps)
-    return maps, scores
-
-
-_anomaly_maps_jit = conv_jit(_anomaly_maps)
-
-
-def anomaly_maps(detector: Detector, images) -> tuple[jax.Array, jax.Array]:
-    """Pixel anomaly maps and image scores (pure, jitted, differentiable).
-
-    Args:
-      detector: a fitted :class:`Detector`.
-      images: (B, H, W, 3) ImageNet-normalised images of the fitted size.
-
-    Returns:
-      ``(maps, scores)``: (B, H, W) float maps (upsampled and blurred as the method's
-      config says) and (B,) image scores. NaN or inf in traced images or features
-      propagates to the maps and scores; it never gives a normal-looking score.
-
-    Raises:
-      ValueError: images of another size than the fitted one, or (when the images
-        are concrete, not traced) holding NaN or inf. TypeError: non-float images.
-    """
-    images = jnp.asarray(images)
-    _check_images("anomaly_maps", images, detector.image_size)
-    with _variables_fit("anomaly_maps", detector.backbone):
-        if isinstance(images, jax.core.Tracer):
-            return _anomaly_maps(detector, images)
-        return _anomaly_maps_jit(detector, images)
 
 
 def predict(
@@ -473,17 +427,25 @@ def calibrate(
 
 # ------------------------------------------------------------------ save and restore
 #
-# A saved detector is a folder: ``state/`` (the method state, written by orbax) and
-# ``detector.json``. Format 2 (this version) adds ``files``, the SHA-256 of every file
-# under ``state/``, and ``sha256``, a digest of each other field, so a truncated or
-# bit-flipped state file and an edited field are reported by name; format 1 folders
-# (jad 0.1) load without these checks.
+# A saved detector is a folder: ``state/`` (the whole method state, any pytree,
+# written by orbax) and ``detector.json``. Format 2 added ``files``, the SHA-256 of
+# every file under ``state/``, and ``sha256``, a digest of each other field, so a
+# truncated or bit-flipped state file and an edited field are reported by name.
+# Format 3 (this version) records the preprocessing (``transform``) and the number
+# of training images (``num_train``, which sets the size of some states, so the
+# state is restored into an exact template), and allows ``backbone: null`` for
+# methods that read images. Formats 1 (jad 0.1, no digests) and 2 still load.
 
-_FORMAT_VERSION = 2
-_SEALED = ("method", "backbone", "weights", "weights_sha256", "image_size", "config",
-           "metadata", "files")
+_FORMAT_VERSION = 3
+_SEALED_V2 = ("method", "backbone", "weights", "weights_sha256", "image_size",
+              "config", "metadata", "files")
+_SEALED = (*_SEALED_V2, "transform", "num_train")
 _FIELDS = {"format_version", "sha256", *_SEALED}
 _MAX_SIDE = 1 << 16
+
+
+def _sealed(version: int) -> tuple[str, ...]:
+    return _SEALED if version >= 3 else _SEALED_V2
 
 
 def _canonical(value) -> bytes:
@@ -494,8 +456,19 @@ def _seal(meta: dict) -> dict:
     """The per-field SHA-256 digests of a (JSON-normalised) detector.json."""
     return {
         name: hashlib.sha256(_canonical(meta.get(name))).hexdigest()
-        for name in _SEALED
+        for name in _sealed(meta["format_version"])
     }
+
+
+def _transform_to_json(transform: Transform | None):
+    return None if transform is None else dataclasses.asdict(transform)
+
+
+def _transform_from_json(values, source: Path) -> Transform | None:
+    """The recorded preprocessing (``None`` when not recorded)."""
+    if values is None:
+        return None
+    return _dataclass_from_json(Transform, values, source, "transform")
 
 
 def _is_hex_digest(value) -> bool:
@@ -512,23 +485,28 @@ def _to_tuples(value):
     return value
 
 
-def _config_from_json(config_type, values, source: Path):
+def _dataclass_from_json(cls, values, source: Path, field: str):
+    """``cls(**values)`` of a recorded JSON object, lists back to tuples."""
     if not isinstance(values, dict):
         raise DatasetError(
-            f"{source}: field 'config' must be an object of "
-            f"{config_type.__name__} fields; got {_short(values)}."
+            f"{source}: field {field!r} must be an object of {cls.__name__} "
+            f"fields; got {_short(values)}."
         )
-    fields = {f.name for f in dataclasses.fields(config_type)}
+    fields = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - fields)
     if unknown:
         raise DatasetError(
-            f"{source}: field 'config' has unknown {config_type.__name__} field(s) "
+            f"{source}: field {field!r} has unknown {cls.__name__} field(s) "
             f"{', '.join(map(repr, unknown))}; valid: {', '.join(sorted(fields))}."
         )
     try:
-        return config_type(**{k: _to_tuples(v) for k, v in values.items()})
+        return cls(**{k: _to_tuples(v) for k, v in values.items()})
     except (TypeError, ValueError) as err:
-        raise DatasetError(f"{source}: field 'config': {err}") from err
+        raise DatasetError(f"{source}: field {field!r}: {err}") from err
+
+
+def _config_from_json(config_type, values, source: Path):
+    return _dataclass_from_json(config_type, values, source, "config")
 
 
 def _short(value) -> str:
@@ -564,20 +542,24 @@ def _read_meta(directory: Path) -> dict:
             f"{source} has format {version}; this jad reads up to {_FORMAT_VERSION} "
             "(a newer jad saved it)."
         )
-    unknown = sorted(set(meta) - _FIELDS)
-    if unknown:
-        raise DatasetError(
-            f"{source}: unknown field(s) {', '.join(map(repr, unknown))}; valid: "
-            f"{', '.join(sorted(_FIELDS))}."
-        )
     if version < 2 and ("files" in meta or "sha256" in meta):
         raise DatasetError(
             f"{source}: field 'format_version' is {version} but the file has the "
             "digests of format 2: it was edited after saving."
         )
+    fields = ({"format_version", "sha256", *_sealed(version)} if version >= 2
+              else _FIELDS - {"transform", "num_train"})
+    unknown = sorted(set(meta) - fields)
+    if unknown:
+        raise DatasetError(
+            f"{source}: unknown field(s) {', '.join(map(repr, unknown))}; valid: "
+            f"{', '.join(sorted(fields))}."
+        )
     required = ["method", "backbone", "image_size", "config"]
     if version >= 2:
         required += ["files", "sha256"]
+    if version >= 3:
+        required += ["num_train"]
     missing = [name for name in required if name not in meta]
     if missing:
         raise DatasetError(
@@ -585,8 +567,15 @@ def _read_meta(directory: Path) -> dict:
         )
     if meta["method"] not in list_methods():
         raise bad("method", f"one of {', '.join(map(repr, list_methods()))}")
-    if meta["backbone"] not in bb.list_backbones():
+    spec = get_method(meta["method"])
+    if spec.inputs == "images":
+        if meta["backbone"] is not None or meta.get("weights") is not None:
+            raise bad("backbone", f"null (method {meta['method']!r} reads images)")
+    elif meta["backbone"] not in bb.list_backbones():
         raise bad("backbone", f"one of {', '.join(map(repr, bb.list_backbones()))}")
+    if version >= 3 and not (type(meta["num_train"]) is int and meta["num_train"] >= 1):
+        raise bad("num_train", "a positive integer")
+    _transform_from_json(meta.get("transform"), source)
     if not (meta.get("weights") is None or isinstance(meta["weights"], str)):
         raise bad("weights", "null or a path")
     if not (meta.get("weights_sha256") is None
@@ -606,8 +595,9 @@ def _read_meta(directory: Path) -> dict:
                         for k, v in files.items())):
             raise bad("files", "an object of file path -> SHA-256 hex digest")
         recorded = meta["sha256"]
-        if not (isinstance(recorded, dict) and set(recorded) == set(_SEALED)):
-            raise bad("sha256", f"an object with the digests of {', '.join(_SEALED)}")
+        sealed = _sealed(version)
+        if not (isinstance(recorded, dict) and set(recorded) == set(sealed)):
+            raise bad("sha256", f"an object with the digests of {', '.join(sealed)}")
         for name, digest in _seal(meta).items():
             if recorded[name] != digest:
                 raise DatasetError(
@@ -676,15 +666,10 @@ def check_output_folder(fn: str, directory, *, overwrite: bool = False) -> Path:
     return directory
 
 
-def _state_arrays(fn: str, state) -> dict[str, np.ndarray]:
-    arrays = {
-        f.name: np.asarray(getattr(state, f.name))
-        for f in dataclasses.fields(state)
-        if f.name != "config"
-    }
-    for name, value in arrays.items():
-        _checks.check_finite(fn, f"the state's {name}", value)
-    return arrays
+def _check_state_finite(fn: str, state) -> None:
+    for path, leaf in jax.tree_util.tree_leaves_with_path(state):
+        name = jax.tree_util.keystr(path).lstrip(".")
+        _checks.check_finite(fn, f"the state's {name}", np.asarray(leaf))
 
 
 def save_detector(
@@ -694,7 +679,7 @@ def save_detector(
     metadata: dict | None = None,
     overwrite: bool = False,
 ) -> Path:
-    """Saves a detector: method state with orbax, the rest as ``detector.json``.
+    """Saves a detector: the whole method state with orbax, the rest as JSON.
 
     The folder is written beside ``directory`` and swapped in with renames
     (:func:`jad.io.atomic_folder`): an interruption at any point, even SIGKILL,
@@ -718,30 +703,37 @@ def save_detector(
 
     Raises:
       ValueError: ``directory`` holds a detector and ``overwrite`` is False, or
-        is another non-empty folder, ``metadata`` is not
-        JSON-serialisable, or the state holds NaN or inf.
+        is another non-empty folder, ``metadata`` is not JSON-serialisable, the
+        state holds NaN or inf, or ``num_train`` is not recorded (a detector not
+        made by :func:`fit_detector`: give it ``num_train``).
     """
-    import orbax.checkpoint as ocp
-
     fn = "save_detector"
     directory = check_output_folder(fn, directory, overwrite=overwrite)
-    arrays = _state_arrays(fn, detector.state)
+    _check_state_finite(fn, detector.state)
+    if not detector.num_train >= 1:
+        raise ValueError(
+            f"{fn}: the detector's num_train (training images) must be >= 1; got "
+            f"{detector.num_train} (set it with dataclasses.replace)."
+        )
     meta = {
         "format_version": _FORMAT_VERSION,
         "method": detector.method,
         "backbone": detector.backbone,
         "weights": detector.weights,
-        "weights_sha256": bb.variables_digest(detector.variables),
+        "weights_sha256": (None if detector.variables is None
+                           else bb.variables_digest(detector.variables)),
         "image_size": [int(s) for s in detector.image_size],
         "config": dataclasses.asdict(detector.config),
         "metadata": metadata or {},
+        "transform": _transform_to_json(detector.transform),
+        "num_train": int(detector.num_train),
     }
     try:  # JSON-normalised (tuples become lists), so the digests match at loading
         meta = json.loads(json.dumps(meta))
     except (TypeError, ValueError) as err:
         raise ValueError(f"{fn}: metadata must be JSON-serialisable ({err}).") from err
     with io_checkpoint.atomic_folder(directory) as tmp:
-        ocp.PyTreeCheckpointer().save(tmp / "state", arrays)
+        io_checkpoint.save_pytree(tmp / "state", detector.state)
         meta["files"] = io_checkpoint.file_digests(tmp / "state")
         meta["sha256"] = _seal(meta)
         (tmp / "detector.json").write_text(json.dumps(meta, indent=2),
@@ -767,8 +759,32 @@ def read_metadata(directory) -> dict:
     return _read_meta(directory).get("metadata", {})
 
 
+def _state_template(spec, config, backbone, variables, image_size, num_train, source):
+    """The state's structure, shapes and dtypes: ``eval_shape`` of the method's init.
+
+    The embeddings of one image of the fitted size are traced (no computation),
+    then ``init(config, embeddings, num_images=num_train, key=...)``.
+    """
+    images = jax.ShapeDtypeStruct((1, *image_size, 3), jnp.float32)
+    try:
+        emb = jax.eval_shape(
+            lambda v, x: _embed(spec, config, backbone, v, x), variables, images
+        )
+        return jax.eval_shape(
+            lambda e: spec.init(config, e, num_images=num_train,
+                                key=jax.random.key(0)), emb
+        )
+    except (ValueError, TypeError, KeyError, IndexError) as err:
+        raise DatasetError(
+            f"{source}: the config and image_size do not fit the method ({err}); "
+            "the file was changed after saving."
+        ) from err
+
+
 def _check_fits(detector: Detector, source: Path) -> None:
     """Traces the detector on an image of its size: the config must fit the state."""
+    from jad.detector import _anomaly_maps
+
     images = jax.ShapeDtypeStruct((1, *detector.image_size, 3), jnp.float32)
     try:
         jax.eval_shape(_anomaly_maps, detector, images)
@@ -811,8 +827,6 @@ def load_detector(
         does not fit the state (each names the file). ValueError: the backbone
         variables are not those it was fitted with (``check_weights``).
     """
-    import orbax.checkpoint as ocp
-
     directory = Path(directory).absolute()
     io_checkpoint.recover(directory)
     meta = _read_meta(directory)
@@ -825,39 +839,12 @@ def load_detector(
         io_checkpoint.verify_digests(state_dir, meta["files"], source=source)
     elif not state_dir.is_dir():
         raise DatasetError(f"{state_dir} is missing: the saved folder is incomplete.")
-    try:
-        arrays = ocp.PyTreeCheckpointer().restore(state_dir)
-    except Exception as err:  # orbax and tensorstore raise many types
-        first = (str(err).splitlines() or [""])[0]
-        raise DatasetError(
-            f"{state_dir}: cannot restore the method state ({type(err).__name__}: "
-            f"{first})."
-        ) from err
-    expected = {
-        f.name for f in dataclasses.fields(spec.state_type) if f.name != "config"
-    }
-    if not isinstance(arrays, dict) or set(arrays) != expected:
-        held = sorted(arrays) if isinstance(arrays, dict) else type(arrays).__name__
-        raise DatasetError(
-            f"{state_dir} holds {held}, not the {method} state's "
-            f"{sorted(expected)}: the folder is corrupt or mixed up."
-        )
-    for name, value in arrays.items():
-        try:
-            _checks.check_finite("load_detector", name, value)
-        except ValueError:
-            raise DatasetError(
-                f"{state_dir}: the state's {name} holds NaN or inf."
-            ) from None
-    state = spec.state_type(
-        **{k: jnp.asarray(v) for k, v in arrays.items()}, config=config
-    )
-    if variables is None:
+    if spec.inputs == "features" and variables is None:
         variables = bb.load_pretrained(
             backbone, weights=meta.get("weights"), cache_dir=cache_dir, progress=False
         )
     recorded = meta.get("weights_sha256")  # absent in folders saved before it
-    if check_weights and recorded is not None:
+    if spec.inputs == "features" and check_weights and recorded is not None:
         found = bb.variables_digest(variables)
         if found != recorded:
             source_name = meta.get("weights") or "the default pretrained weights"
@@ -868,9 +855,31 @@ def load_detector(
                 "wrong. Pass the same weights, or check_weights=False to use these "
                 "anyway."
             )
+    if spec.inputs == "images":
+        variables = None
+    image_size = tuple(meta["image_size"])
+    num_train = meta.get("num_train")  # format 3; older formats: paths checked only
+    with _variables_fit("load_detector", backbone):
+        template = _state_template(spec, config, backbone, variables, image_size,
+                                   num_train or 1, source)
+    state = io_checkpoint.restore_pytree(state_dir, template,
+                                         shapes=num_train is not None)
+    for path, leaf in jax.tree_util.tree_leaves_with_path(state):
+        try:
+            _checks.check_finite("load_detector", "state", leaf)
+        except ValueError:
+            raise DatasetError(
+                f"{state_dir}: the state's {jax.tree_util.keystr(path).lstrip('.')} "
+                "holds NaN or inf."
+            ) from None
+    transform = _transform_from_json(meta.get("transform"), source)
+    if transform is None and "transform" in meta.get("metadata", {}):
+        # Format 2: jad fit kept the preprocessing in the metadata.
+        transform = _transform_from_json(meta["metadata"]["transform"], source)
     detector = Detector(
         variables=variables, state=state, method=method, backbone=backbone,
-        image_size=tuple(meta["image_size"]), weights=meta.get("weights"),
+        image_size=image_size, weights=meta.get("weights"), transform=transform,
+        num_train=num_train or 0,
     )
     with _variables_fit("load_detector", backbone):
         _check_fits(detector, source)

@@ -22,7 +22,6 @@ import jax
 import numpy as np
 
 from jad import _checks, metrics
-from jad.metrics import _common
 
 __all__ = ["colorbar", "colorize", "jet", "overlay", "save_overlay", "save_pro_curve"]
 
@@ -78,7 +77,7 @@ def _colormap_table(fn: str, colormap) -> np.ndarray:
 
 
 def _map(fn: str, anomaly_map) -> np.ndarray:
-    anomaly_map = _common.as_scores(fn, "anomaly_map", anomaly_map)
+    anomaly_map = metrics.as_scores(fn, "anomaly_map", anomaly_map)
     if anomaly_map.ndim != 2:
         raise ValueError(
             f"{fn}: anomaly_map must be (H, W); got shape {anomaly_map.shape}."
@@ -368,7 +367,7 @@ def _overlay(
     out = np.rint((1.0 - alpha) * image + alpha * heat).astype(np.uint8)
     width = _checks.check_int(fn, "contour_width", width, low=1)
     if mask is not None:
-        mask = _common.as_binary(fn, "mask", mask)
+        mask = metrics.as_binary(fn, "mask", mask)
         if mask.shape != anomaly_map.shape:
             raise ValueError(
                 f"{fn}: mask must be (H, W) = {anomaly_map.shape} like anomaly_map; "
@@ -488,7 +487,8 @@ def save_pro_curve(
     Raises:
       ImportError: matplotlib is not installed.
       ValueError: a curve that ends before ``max_fpr``, ``max_fpr`` outside (0, 1].
-      TypeError: ``curves`` is not a PROCurve or a mapping of them.
+      TypeError: ``curves`` is not a PROCurve or a mapping of them, ``max_fpr``
+        is not a real number.
 
     Example:
       >>> import os, tempfile
@@ -503,7 +503,10 @@ def save_pro_curve(
       'pro.png'
     """
     fn = "save_pro_curve"
-    max_fpr = _common.check_fraction(fn, "max_fpr", max_fpr)
+    _checks.check_real_scalar(fn, "max_fpr", max_fpr)
+    max_fpr = float(max_fpr)
+    if not 0.0 < max_fpr <= 1.0:  # NaN fails too
+        raise ValueError(f"{fn}: max_fpr must be in (0, 1]; got {max_fpr}.")
     if isinstance(curves, metrics.PROCurve):
         curves = {"": curves}
     if not isinstance(curves, collections.abc.Mapping) or not all(

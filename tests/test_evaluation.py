@@ -31,6 +31,7 @@ import jad.data
 from jad import evaluation, metrics, pipeline, viz
 from jad.cli.common import print_table
 from jad.cli.main import main
+from jad.metrics import regions
 
 BACKBONE = "efficientnet_lite0"
 SIZE = 64
@@ -120,12 +121,16 @@ def result(saved, data_root):
 
 @pytest.fixture(scope="module")
 def cli_run(saved, cache_root, tmp_path_factory):
-    """``jad evaluate --json --overlays --num-overlays 5`` run in-process."""
+    """``jad evaluate --json --overlays --num-overlays 5 --pro-tolerance 1e-6``.
+
+    Run in-process. The split has far fewer than 2^22 pixels, so its PROs are exact
+    whatever the tolerance: the metrics equal the API's default ones.
+    """
     out = tmp_path_factory.mktemp("evaluate")
     args = [
         "evaluate", "--state", str(saved[1]), "--json", str(out / "m.json"),
         "--overlays", str(out / "overlays"), "--num-overlays", str(NUM_OVERLAYS),
-        "--batch-size", "3", "--workers", "0",
+        "--batch-size", "3", "--workers", "0", "--pro-tolerance", "1e-6",
     ]  # fmt: skip
     stdout = io.StringIO()
     with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(stdout):
@@ -166,9 +171,7 @@ def test_per_defect_metrics_equal_sklearn_on_type_plus_good_images(result):
             roc_auc_score(ev.labels[subset], ev.scores[subset]), abs=1e-12
         )
         masks, maps = ev.masks[subset].ravel(), ev.maps[subset].ravel()
-        assert got["pixel_auroc"] == pytest.approx(
-            roc_auc_score(masks, maps), abs=1e-9
-        )
+        assert got["pixel_auroc"] == pytest.approx(roc_auc_score(masks, maps), abs=1e-9)
         assert got["pixel_ap"] == pytest.approx(
             average_precision_score(masks, maps), abs=1e-9
         )
@@ -180,6 +183,64 @@ def test_per_defect_metrics_equal_sklearn_on_type_plus_good_images(result):
     assert ev.metrics["image_auroc"] == pytest.approx(
         roc_auc_score(ev.labels, ev.scores), abs=1e-12
     )
+
+
+# ------------------------------------------------------------------ PRO tolerance
+
+
+@pytest.mark.parametrize(
+    "bins, tolerance",
+    [
+        (16, 1e-3),  # coarse bins: a large bound, cut down by refining bins
+        (None, 1e-6),  # jad's 2^20 bins and the tolerance its docstring suggests
+    ],
+)
+def test_pro_tolerance_keeps_every_pro_within_it_of_the_exact_one(
+    saved, result, monkeypatch, bins, tolerance
+):
+    ev, test = result  # exact PROs (pro_tolerance 0)
+    # The split is too small for the binned path (< 2^22 pixels): force it, and
+    # record what it builds, so the bound is exercised on these real maps.
+    monkeypatch.setattr(regions, "_MIN_BINNED", 0)
+    if bins is not None:
+        monkeypatch.setattr(regions, "_BINS", bins)
+    built, binned_scores = [], regions._binned_scores
+
+    def spy(*args):
+        built.append(binned_scores(*args))
+        return built[-1]
+
+    monkeypatch.setattr(regions, "_binned_scores", spy)
+    got = evaluation.evaluate(
+        saved[0], test, batch_size=3, progress=False, pro_tolerance=tolerance
+    ).metrics
+    assert got["pro_tolerance"] == tolerance and ev.metrics["pro_tolerance"] == 0.0
+    # the split's PRO and each defect type's, all binned
+    assert len(built) == 1 + len(TYPES) and all(b is not None for b in built)
+    pairs = [(got["pro"], ev.metrics["pro"])] + [
+        (got["per_defect"][t]["pro"], ev.metrics["per_defect"][t]["pro"]) for t in TYPES
+    ]
+    for (value, exact), binned in zip(pairs, built, strict=True):
+        assert 0.0 <= binned.error_bound <= tolerance
+        # float64 sums in another order: rounding only beyond the bound
+        assert abs(value - exact) <= binned.error_bound + 1e-12
+    # Binning did change the values, so the check above compares different numbers:
+    # measured 3e-5 to 2e-4 with 16 bins (bounds 6e-4 to 8e-4), 0 to 9e-8 with
+    # 2^20 bins and 1e-6 (there the bound is tight: the error equals it).
+    if bins == 16:
+        assert any(value != exact for value, exact in pairs)
+    for name in ("image_auroc", "pixel_auroc", "pixel_ap"):  # untouched
+        assert got[name] == ev.metrics[name]
+
+
+def test_pro_tolerance_is_checked_before_any_image_is_scored():
+    class Unread:
+        def batches(self, *args, **kwargs):
+            raise AssertionError("scored before pro_tolerance was checked")
+
+    for bad, error in [(1.0, ValueError), (-1e-3, ValueError), ("0", TypeError)]:
+        with pytest.raises(error, match="evaluate: pro_tolerance"):
+            evaluation.evaluate(None, Unread(), pro_tolerance=bad)
 
 
 # ------------------------------------------------------------------- overlay choice
@@ -369,6 +430,7 @@ def test_cli_json_records_metrics_and_provenance(cli_run, saved, data_root, resu
     assert written.utcoffset() == datetime.timedelta(0)
     # ISO 8601 to the second: compare at that resolution
     assert cli_run["before"].replace(microsecond=0) <= written <= cli_run["after"]
+    assert record["pro_tolerance"] == 1e-6
     # the CLI's metrics are the API's on the same split
     for name in ("image_auroc", "pixel_auroc", "pro", "pixel_ap"):
         assert record[name] == pytest.approx(result[0].metrics[name], abs=1e-6)
@@ -390,10 +452,19 @@ def test_help_says_what_evaluate_writes(capsys):
         "round-robin over the defect types",
         "then the good images",
         "pro_curve.png",
+        "--pro-tolerance",
+        "within T of the exact AUPRO, a guaranteed bound",
         "one row per defect type",
         "jad version",
     ):
         assert phrase in text, phrase
+
+
+def test_pro_tolerance_option_is_checked(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["evaluate", "--state", str(tmp_path), "--pro-tolerance", "1"])
+    assert exc.value.code == 2
+    assert "--pro-tolerance: expected a number in [0, 1)" in capsys.readouterr().err
 
 
 def test_num_overlays_is_checked(tmp_path, capsys):

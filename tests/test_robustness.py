@@ -1,7 +1,7 @@
 """A standing fuzz suite over jad's public array functions (issue 16).
 
-Every public function of :mod:`jad.sparse`, :mod:`jad.metrics`, :mod:`jad.ops`,
-:mod:`jad.neighbors`, the method modules (:mod:`jad.methods`,
+Every public function of :mod:`jad.sparse`, :mod:`jad.metrics`, :mod:`jad.ops`
+(including ``nearest_neighbors``), the method modules (:mod:`jad.methods`,
 :mod:`jad.methods.patchcore`, :mod:`jad.methods.padim`) and the array entry points of
 :mod:`jad.pipeline` is called on hypothesis-drawn inputs: random ranks, zero-size
 axes, NaN and inf, every dtype (bool, int8..int64, uint8, float16, bfloat16, float32,
@@ -49,11 +49,14 @@ import scipy.fft
 import scipy.ndimage as ndi
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from references import adaptive_avg_pool_np, avg_pool_np, unfold_np
 from skimage.measure import label as sk_label
 from sklearn import metrics as skm
+from sklearn.random_projection import johnson_lindenstrauss_min_dim
 
 import jad
-from jad import metrics, neighbors, ops, pipeline, sparse
+from jad import detector as jdet
+from jad import metrics, ops, pipeline, sparse
 from jad.errors import DatasetError, WeightsError
 from jad.methods import padim, patchcore
 
@@ -66,13 +69,26 @@ FUZZED_MODULES = (
     "jad.sparse",
     "jad.metrics",
     "jad.ops",
-    "jad.neighbors",
     "jad.methods",
     "jad.methods.patchcore",
     "jad.methods.padim",
     "jad.pipeline",
+    "jad.detector",
+    "jad.io",
 )
 NOT_FUZZED = {
+    "jad.methods.make_config": "takes a method and preset name and config fields",
+    "jad.methods.patchcore.init": "reads only the embeddings' shape (eval_shape)",
+    "jad.methods.padim.init": "reads only the embeddings' shape (eval_shape)",
+    "jad.io.atomic_folder": "takes a path, no arrays",
+    "jad.io.file_digests": "takes a path, no arrays",
+    "jad.io.recover": "takes a path, no arrays",
+    "jad.io.verify_digests": "takes a path, no arrays",
+    "jad.io.save_pytree": "writes a folder (round trip: tests/io)",
+    "jad.io.restore_pytree": "reads a folder (mismatches: tests/io)",
+    "jad.io.tree_mismatches": "compares paths, shapes and dtypes (cases: tests/io)",
+    "jad.metrics.as_scores": "the input check of every metric, fuzzed through each",
+    "jad.metrics.as_binary": "the input check of every metric, fuzzed through each",
     "jad.methods.get_method": "takes a method name, no arrays",
     "jad.methods.list_methods": "takes nothing",
     "jad.methods.register": "takes a Method record, no arrays",
@@ -127,7 +143,7 @@ DOCUMENTED_ERRORS = (ValueError, TypeError, DatasetError, WeightsError)
 def _jad_names() -> set[str]:
     """Names a message may start with: every public jad function and config."""
     names = {"PaDiM", "PatchCore"}
-    for module_name in (*FUZZED_MODULES, "jad.backbones", "jad.coreset"):
+    for module_name in (*FUZZED_MODULES, "jad.backbones", "jad.methods.coreset"):
         module = importlib.import_module(module_name)
         short = module_name.rsplit(".", 1)[-1]
         for attr in module.__all__:
@@ -760,7 +776,7 @@ def test_iou_and_dice(name, inputs, reduction, data):
             close(out, per_image.reshape(np.shape(gt)[:-2]), dtype="float64")
 
 
-# ================================================================= jad.neighbors
+# ================================================================= jad.ops.neighbors
 
 QUERY_SHAPES = ((5, 3), (5, 3), (2, 3, 3), (3,), (0, 3), (), (5, 2))
 BANK_SHAPES = ((4, 3), (4, 3), (1, 3), (0, 3), (3,), (2, 2, 3), (4, 2))
@@ -774,7 +790,7 @@ def _static_int_problems(value, low, high=None) -> set:
     return set()
 
 
-@fuzzes("jad.neighbors.nearest_neighbors")
+@fuzzes("jad.ops.nearest_neighbors")
 @settings(max_examples=budget(2.0))
 @given(
     queries=arrays(QUERY_SHAPES, containers=("numpy", "jax")),
@@ -813,7 +829,7 @@ def test_nearest_neighbors(queries, bank, k, squared, bank_chunk, query_chunk):
     label = "nearest_neighbors"
     out = attempt(
         label,
-        neighbors.nearest_neighbors,
+        ops.nearest_neighbors,
         queries,
         bank,
         k,
@@ -1170,6 +1186,418 @@ def test_morphology(name, masks, size, footprint, border, seed):
         fp = np.ones((size, size) if isinstance(size, int) else size or (3, 3), bool)
     ref = ref_morphology(name, np.asarray(masks), fp, border)
     np.testing.assert_array_equal(np.asarray(out), ref, err_msg=name)
+
+
+# ------------------------------------------------- jad.ops: adaptive pooling
+
+
+@fuzzes("jad.ops.adaptive_avg_pool")
+@settings(max_examples=budget(1.0))
+@given(
+    x=arrays(((2, 6), (2, 6), (3, 4, 5), (7,), (), (2, 0))),
+    size=st.sampled_from((1, 3, 3, 6, 8, 0, -1, 2.0, None)),
+)
+@example(
+    x=make_array((2, 6), "float32"),
+    size=None,
+)
+def test_adaptive_avg_pool(x, size):
+    label = "adaptive_avg_pool"
+    out = attempt(label, ops.adaptive_avg_pool, x, size)
+    valid = (
+        _floats_ok(x)
+        and np.ndim(x) >= 1
+        and is_static_int(size)
+        and size >= 1
+        and np.shape(x)[-1] >= 1
+    )
+    if not refuse_or_succeed(label, out, valid):
+        return
+    check_result(label, out, [x])
+    close(
+        out,
+        adaptive_avg_pool_np(np.asarray(x).astype(np.float64), size),
+        dtype=_tolerance_dtype(x),
+        label=label,
+    )
+
+
+# ----------------------------------------------------------- jad.ops: patches
+
+
+def _overflows(values, dtype) -> bool:
+    """Whether float64 ``values`` leave ``dtype``'s finite range (then inf is right)."""
+    big = float(np.max(np.abs(values), initial=0.0)) if np.size(values) else 0.0
+    return math.isfinite(big) and big > float(jnp.finfo(_dtype(dtype)).max) / 2
+
+
+def _per_image(ref_fn, x, size):
+    """A (B, h, w, C) numpy reference over the leading axes of (..., h, w, C)."""
+    x = np.asarray(x).astype(np.float64)
+    out = ref_fn(x.reshape(-1, *x.shape[-3:]), size)
+    return out.reshape(*x.shape[:-3], *out.shape[1:])
+
+
+PATCH_SHAPES = ((2, 4, 5, 3),) * 3 + (
+    (1, 3, 3, 2),
+    (2, 2, 3, 3, 1),
+    (4, 5, 3),
+    (4, 5),
+    (),
+    (1, 0, 3, 2),
+)
+PATCH_SIZES = (3, 3, 1, 5, 2, 0, -1, 3.0, None, np.int64(3))
+
+
+@fuzzes("jad.ops.unfold", "jad.ops.avg_pool")
+@pytest.mark.parametrize("name", ["unfold", "avg_pool"])
+@settings(max_examples=budget(0.75))
+@given(
+    x=arrays(PATCH_SHAPES, containers=("numpy", "jax")),
+    size=st.sampled_from(PATCH_SIZES),
+)
+def test_patch_ops(name, x, size):
+    out = attempt(name, getattr(ops, name), x, size)
+    valid = (
+        _floats_ok(x)
+        and np.ndim(x) >= 3
+        and not _has_empty(x, (-3, -2))
+        and is_static_int(size)
+        and size >= 1
+        and (name == "avg_pool" or size % 2 == 1)
+    )
+    if not refuse_or_succeed(name, out, valid):
+        return
+    assert out.dtype == jnp.asarray(x).dtype, name
+    ref = _per_image(unfold_np if name == "unfold" else avg_pool_np, x, size)
+    assert out.shape == ref.shape, (name, out.shape, ref.shape)
+    dtype = _tolerance_dtype(x)
+    # avg_pool sums a window before dividing: float16 sums of "large" values
+    # overflow to inf (as any float16 sum would).
+    if name == "avg_pool" and _overflows(ref * size * size, dtype):
+        return
+    check_result(name, out, [x])
+    # unfold is a copy (NaN exactly where it was); avg_pool spreads NaN and inf over
+    # the windows as the numpy sums do, and its sums cancel: error relative to the
+    # largest term.
+    x64 = np.asarray(x).astype(np.float64)
+    scale = max(1.0, float(np.max(np.abs(x64[np.isfinite(x64)]), initial=0.0)))
+    close(out, ref, dtype=dtype, label=name, scale=scale)
+
+
+LEVEL_SHAPES = (
+    ((2, 4, 4, 3),) * 3
+    + ((2, 2, 2, 5),) * 2
+    + (
+        (2, 4, 4, 1),
+        (1, 2, 2, 2),
+        (4, 4),
+        (2, 0, 2, 2),
+    )
+)
+
+
+@st.composite
+def level_lists(draw):
+    """Levels for ``align_levels``: a list or tuple of maps, or not a sequence."""
+    count = draw(st.sampled_from((1, 2, 2, 3, 0)))
+    levels = [
+        draw(arrays(LEVEL_SHAPES, containers=("numpy", "jax"))) for _ in range(count)
+    ]
+    container = draw(st.sampled_from(("list", "list", "tuple", "array", "dict")))
+    if container == "tuple":
+        return tuple(levels)
+    if container == "array":
+        return make_array((2, 4, 4, 3), "float32")
+    if container == "dict":
+        return dict(enumerate(levels))
+    return levels
+
+
+@fuzzes("jad.ops.align_levels")
+@settings(max_examples=budget(0.75))
+@given(
+    levels=level_lists(),
+    method=st.sampled_from(
+        ("bilinear", "bilinear", "nearest", "bicubic", "area", None)
+    ),
+)
+def test_align_levels(levels, method):
+    label = "align_levels"
+    out = attempt(label, ops.align_levels, levels, method=method)
+    valid = (
+        isinstance(levels, (list, tuple))
+        and len(levels) >= 1
+        and method in ("bilinear", "nearest", "bicubic")
+        and all(
+            _floats_ok(f) and np.ndim(f) >= 3 and not _has_empty(f, (-3, -2))
+            for f in levels
+        )
+        and len({np.shape(f)[:-3] for f in levels}) == 1
+    )
+    if not refuse_or_succeed(label, out, valid):
+        return
+    assert isinstance(out, list) and len(out) == len(levels)
+    check_result(label, out, list(levels), propagates=method != "nearest")
+    grid = np.shape(levels[0])[-3:-1]
+    for f, got in zip(levels, out, strict=True):
+        assert got.shape == (*np.shape(f)[:-3], *grid, np.shape(f)[-1]), label
+        assert got.dtype == jnp.asarray(f).dtype, label
+        x = np.asarray(jnp.asarray(f))  # float64 runs as float32 without x64
+        if np.shape(f)[-3:-1] == grid:
+            np.testing.assert_array_equal(np.asarray(got), x, label)
+            continue
+        if not _finite(f):
+            continue  # NaN spreads along rows and columns (see test_resize)
+        wh = resize_matrix(x.shape[-3], grid[0], method, False)
+        ww = resize_matrix(x.shape[-2], grid[1], method, False)
+        ref = np.einsum("oh,...hwc,pw->...opc", wh, x.astype(np.float64), ww)
+        close(got, ref, dtype=_tolerance_dtype(f), label=label, scale=10.0)
+
+
+# --------------------------------------------------------- jad.ops: gaussians
+
+WHITENING_SHAPES = ((2, 3, 3),) * 3 + ((3, 3), (1, 3, 3), (3, 2), (3,), (2, 0, 0))
+MEAN_SHAPES = ((2, 3),) * 3 + ((3,), (2, 2), ())
+POINT_SHAPES = ((4, 2, 3),) * 3 + ((3,), (2, 3), (4, 3, 3), (2,), ())
+
+
+@fuzzes("jad.ops.mahalanobis")
+@settings(max_examples=budget(1.0))
+@given(
+    whitening=arrays(WHITENING_SHAPES, containers=("numpy", "jax")),
+    mean=arrays(MEAN_SHAPES),
+    x=arrays(POINT_SHAPES, containers=("numpy", "jax")),
+    squared=st.sampled_from((False, False, True, 1, None)),
+)
+def test_mahalanobis(whitening, mean, x, squared):
+    label = "mahalanobis"
+    out = attempt(label, ops.mahalanobis, whitening, mean, x, squared=squared)
+    w_shape, m_shape, x_shape = np.shape(whitening), np.shape(mean), np.shape(x)
+    shapes_ok = (
+        len(w_shape) >= 2
+        and len(m_shape) >= 1
+        and len(x_shape) >= 1
+        and w_shape[-1] == w_shape[-2] == m_shape[-1] == x_shape[-1] >= 1
+    )
+    if shapes_ok:
+        try:
+            np.broadcast_shapes(w_shape[:-2], m_shape[:-1], x_shape[:-1])
+        except ValueError:
+            shapes_ok = False
+    valid = _floats_ok(whitening, mean, x) and shapes_ok and isinstance(squared, bool)
+    if not refuse_or_succeed(label, out, valid):
+        return
+    w, m, p = (
+        np.asarray(jnp.asarray(a)).astype(np.float64) for a in (whitening, mean, x)
+    )
+    z = np.einsum("...ij,...j->...i", w, p - m)
+    sq = np.sum(z * z, axis=-1)
+    assert out.shape == sq.shape, (label, out.shape, sq.shape)
+    dtype = _lowest_precision(whitening, mean, x)
+    if _overflows(sq, dtype):
+        return  # the squared distance leaves the dtype's range: inf is right
+    check_result(label, out, [whitening, mean, x])
+    if not all(_finite(a) for a in (whitening, mean, x)):
+        return
+    got = np.asarray(out, np.float64)
+    assert np.all(got >= 0), label
+    # Compared squared: sqrt of a rounded near-zero square is not relatively close.
+    bound = np.sum(np.einsum("...ij,...j->...i", np.abs(w), np.abs(p - m)) ** 2, -1)
+    scale = max(1.0, float(np.max(bound, initial=0.0)))
+    close(got if squared else got**2, sq, dtype=dtype, label=label, scale=scale)
+
+
+COVARIANCE_SHAPES = (
+    ((2, 3, 3),) * 3
+    + ((3, 3), (1, 1), (0, 3, 3))
+    + (
+        (3, 2),
+        (3,),
+        (),
+        (2, 0, 0),
+    )
+)
+
+
+@st.composite
+def covariances(draw):
+    """(covariance, kind): SPD matrices mostly, else singular, indefinite, NaN, inf."""
+    shape = draw(st.sampled_from(COVARIANCE_SHAPES))
+    dtype = draw(st.sampled_from(SCORE_DTYPES))
+    kind = draw(st.sampled_from(("spd",) * 4 + ("zeros", "indefinite", "nan", "inf")))
+    seed = draw(st.integers(0, 7))
+    square = len(shape) >= 2 and shape[-1] == shape[-2]
+    if not (is_float(dtype) and square):
+        return make_array(shape, dtype, "normal", seed), kind
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal(shape)
+    x = a @ np.swapaxes(a, -1, -2) + shape[-1] * np.eye(shape[-1])  # well conditioned
+    if kind == "zeros":
+        x = np.zeros(shape)
+    elif kind == "indefinite":
+        x = -x
+    elif kind in ("nan", "inf") and x.size:
+        x.flat[rng.integers(x.size)] = float(kind)
+    return jnp.asarray(x.astype(_dtype(dtype))), kind
+
+
+@fuzzes("jad.ops.cholesky_whitening")
+@settings(max_examples=budget(0.75))
+@given(drawn=covariances())
+def test_cholesky_whitening(drawn):
+    covariance, kind = drawn
+    label = "cholesky_whitening"
+    out = attempt(label, ops.cholesky_whitening, covariance)
+    shape = np.shape(covariance)
+    valid = _floats_ok(covariance) and len(shape) >= 2 and shape[-1] == shape[-2] >= 1
+    if not refuse_or_succeed(label, out, valid):
+        return
+    whitening, chol = out
+    dtype = jnp.asarray(covariance).dtype
+    assert whitening.shape == chol.shape == shape, label
+    assert whitening.dtype == chol.dtype == dtype, label
+    if not np.size(covariance):
+        return
+    if kind in ("zeros", "indefinite"):  # documented: not positive definite -> NaN
+        assert not _finite(whitening) and not _finite(chol), label
+        return
+    check_result(label, out, [covariance])
+    if kind != "spd":
+        return
+    x = np.asarray(covariance).astype(np.float64)
+    ref = np.linalg.cholesky((x + np.swapaxes(x, -1, -2)) / 2)
+    close(chol, ref, dtype=str(dtype), label=f"{label} cholesky")
+    close(whitening, np.linalg.inv(ref), dtype=str(dtype), label=label)
+
+
+# ------------------------------------------------------- jad.ops: projections
+
+
+PROJECTION_KEYS = ("key", "key", "raw", 0, None, "floats", "keys")
+PROJECTION_INTS = (1, 4, 4, 16, np.int64(5), 0, -1, 2.0, "4", None, True)
+
+
+def _projection_key(name):
+    return {
+        "key": jax.random.key(0),
+        "raw": jax.random.PRNGKey(0),
+        "floats": np.zeros(2, np.float32),
+        "keys": jax.random.split(jax.random.key(0), 2),
+    }.get(name, name)
+
+
+def _valid_key(key) -> bool:
+    return isinstance(key, jax.Array) and (
+        (jnp.issubdtype(key.dtype, jax.dtypes.prng_key) and key.shape == ())
+        or (key.dtype == jnp.uint32 and key.shape == (2,))
+    )
+
+
+@fuzzes("jad.ops.dense_random_projection", "jad.ops.sparse_random_projection")
+@pytest.mark.parametrize(
+    "name", ["dense_random_projection", "sparse_random_projection"]
+)
+@settings(max_examples=budget(0.75))
+@given(
+    key=st.sampled_from(PROJECTION_KEYS),
+    dim_in=st.sampled_from(PROJECTION_INTS),
+    dim_out=st.sampled_from(PROJECTION_INTS),
+)
+def test_random_projections(name, key, dim_in, dim_out):
+    key = _projection_key(key)
+    out = attempt(name, getattr(ops, name), key, dim_in, dim_out)
+    valid = (
+        is_static_int(dim_in)
+        and is_static_int(dim_out)
+        and dim_in >= 1
+        and dim_out >= 1
+        and _valid_key(key)
+    )
+    if not refuse_or_succeed(name, out, valid):
+        return
+    check_result(name, out, [])
+    assert out.shape == (dim_in, dim_out) and out.dtype == jnp.float32, name
+    values = np.abs(np.asarray(out, np.float64))
+    if name == "dense_random_projection":  # torch nn.Linear init: U(+-1/sqrt(D))
+        assert np.all(values <= 1 / math.sqrt(dim_in) * (1 + 1e-6)), name
+    else:  # scikit-learn: +-sqrt(1 / density) / sqrt(n_components), or 0
+        value = math.sqrt(math.sqrt(dim_in)) / math.sqrt(dim_out)
+        nonzero = values[values != 0]
+        close(nonzero, np.full_like(nonzero, value), label=name)
+
+
+@fuzzes("jad.ops.johnson_lindenstrauss_dim")
+@settings(max_examples=budget(1.0))
+@given(
+    n_samples=st.sampled_from((1, 2, 10, 5000, np.int64(7), 0, -3, 2.5, None, "9")),
+    eps=st.sampled_from(
+        (
+            0.9,
+            0.9,
+            0.1,
+            0.5,
+            np.float64(0.3),
+            0.0,
+            1.0,
+            -0.5,
+            float("nan"),
+            "0.5",
+            None,
+            True,
+        )
+    ),
+)
+def test_johnson_lindenstrauss_dim(n_samples, eps):
+    label = "johnson_lindenstrauss_dim"
+    out = attempt(label, ops.johnson_lindenstrauss_dim, n_samples, eps=eps)
+    valid = (
+        is_static_int(n_samples)
+        and n_samples >= 1
+        and is_real_number(eps)
+        and 0 < eps < 1
+    )
+    if not refuse_or_succeed(label, out, valid):
+        return
+    assert isinstance(out, int)
+    assert out == int(johnson_lindenstrauss_min_dim(int(n_samples), eps=float(eps)))
+
+
+# ------------------------------------------------------------- jad.ops: image
+
+IMAGE_RGB_SHAPES = ((2, 4, 3),) * 3 + ((3,), (1, 2, 2, 3), (2, 4), (), (0, 3))
+_MEAN = np.array([0.485, 0.456, 0.406])
+_STD = np.array([0.229, 0.224, 0.225])
+
+
+@fuzzes("jad.ops.normalize_imagenet", "jad.ops.denormalize_imagenet")
+@pytest.mark.parametrize("name", ["normalize_imagenet", "denormalize_imagenet"])
+@settings(max_examples=budget(0.5))
+@given(images=arrays(IMAGE_RGB_SHAPES, containers=("numpy", "jax")))
+def test_imagenet_normalisation(name, images):
+    out = attempt(name, getattr(ops, name), images)
+    valid = _floats_ok(images) and np.ndim(images) >= 1 and np.shape(images)[-1] == 3
+    if not refuse_or_succeed(name, out, valid):
+        return
+    # numpy in, numpy out; jax in, jax out
+    assert isinstance(out, jax.Array) == isinstance(images, jax.Array), name
+    assert out.dtype == images.dtype and out.shape == np.shape(images), name
+    x = np.asarray(images).astype(np.float64)
+    ref = (x - _MEAN) / _STD if name == "normalize_imagenet" else x * _STD + _MEAN
+    dtype = str(images.dtype)
+    if _overflows(ref, dtype):
+        return
+    check_result(name, out, [images])
+    # The constants are float32 (torchvision's values rounded), cast to the images'
+    # dtype: float32 accuracy at best, relative 1e-3 in float16.
+    dtype = "float32" if dtype == "float64" else dtype
+    close(
+        out,
+        ref,
+        dtype=dtype,
+        label=name,
+        scale=max(1.0, float(np.max(np.abs(x[np.isfinite(x)]), initial=0))),
+    )
 
 
 # ================================================================= jad.sparse
@@ -1766,49 +2194,6 @@ def test_patchcore_restricted_score(kind, embeddings, candidates):
         close(out, ref, dtype=_tolerance_dtype(embeddings), label=label, scale=10.0)
 
 
-def ref_adaptive_pool(x, size):
-    """Torch's adaptive_avg_pool1d: bins [floor(i L / n), ceil((i + 1) L / n))."""
-    length = x.shape[-1]
-    return np.stack(
-        [
-            x[..., (i * length) // size : -(-((i + 1) * length) // size)].mean(-1)
-            for i in range(size)
-        ],
-        axis=-1,
-    )
-
-
-@fuzzes("jad.methods.patchcore.adaptive_avg_pool")
-@settings(max_examples=budget(1.0))
-@given(
-    x=arrays(((2, 6), (2, 6), (3, 4, 5), (7,), (), (2, 0))),
-    size=st.sampled_from((1, 3, 3, 6, 8, 0, -1, 2.0, None)),
-)
-@example(
-    x=make_array((2, 6), "float32"),
-    size=None,
-)
-def test_adaptive_avg_pool(x, size):
-    label = "patchcore.adaptive_avg_pool"
-    out = attempt(label, patchcore.adaptive_avg_pool, x, size)
-    valid = (
-        _floats_ok(x)
-        and np.ndim(x) >= 1
-        and is_static_int(size)
-        and size >= 1
-        and np.shape(x)[-1] >= 1
-    )
-    if not refuse_or_succeed(label, out, valid):
-        return
-    check_result(label, out, [x])
-    close(
-        out,
-        ref_adaptive_pool(np.asarray(x).astype(np.float64), size),
-        dtype=_tolerance_dtype(x),
-        label=label,
-    )
-
-
 def _features(draw, config):
     """A features dict for ``config``: valid, or with one thing wrong."""
     levels = config.levels
@@ -1856,7 +2241,7 @@ def ref_patchcore_embed(config, features):
         ]
         if config.preset == "official":
             unfolded = np.stack(shifts, -1).reshape(*f.shape[:3], -1)
-            f = ref_adaptive_pool(unfolded, config.pretrain_dim)
+            f = adaptive_avg_pool_np(unfolded, config.pretrain_dim)
         else:
             f = np.mean(shifts, axis=0)
         if f.shape[1:3] != grid:
@@ -1864,7 +2249,7 @@ def ref_patchcore_embed(config, features):
         per_level.append(f)
     out = np.concatenate(per_level, -1)
     return (
-        ref_adaptive_pool(out, config.target_dim)
+        adaptive_avg_pool_np(out, config.target_dim)
         if config.preset == "official"
         else out
     )
@@ -1886,6 +2271,53 @@ def ref_padim_embed(config, features):
     rng.seed(config.seed)
     return concat[..., rng.sample(range(concat.shape[-1]), config.n_features)]
 
+
+
+@fuzzes("jad.methods.patchcore.loss_context", "jad.methods.patchcore.feature_loss")
+@settings(max_examples=budget(0.5))
+@given(kind=st.sampled_from(PC_STATES), embeddings=arrays(EMBED_SHAPES))
+def test_patchcore_feature_loss(kind, embeddings):
+    # F2PAD eq. 5 through the protocol hooks: the same as candidate_indices with the
+    # config's num_candidates, then restricted_score (or the same refusal).
+    label = "patchcore.feature_loss"
+    st_ = _patchcore_state(kind)
+    context = attempt(label, patchcore.loss_context, st_, embeddings)
+    k = 50 if st_ is None or kind == "padim" else st_.config.num_candidates
+    ref = attempt(label, patchcore.candidate_indices, st_, embeddings,
+                  num_candidates=k)
+    assert isinstance(context, Refused) == isinstance(ref, Refused), label
+    if isinstance(context, Refused):
+        return
+    np.testing.assert_array_equal(context, ref)
+    out = attempt(label, patchcore.feature_loss, st_, embeddings, context)
+    expected = attempt(label, patchcore.restricted_score, st_, embeddings, context)
+    assert isinstance(out, Refused) == isinstance(expected, Refused), label
+    if not isinstance(out, Refused):
+        np.testing.assert_array_equal(out, expected)
+        check_result(label, out, [embeddings])
+
+
+@fuzzes("jad.methods.padim.feature_loss")
+@settings(max_examples=budget(0.5))
+@given(
+    kind=st.sampled_from(("padim", "padim", "official", "none")),
+    embeddings=arrays(((2, 2, 2, 5), (1, 2, 2, 5), (2, 2, 2, 4), (2, 2, 5))),
+)
+def test_padim_feature_loss(kind, embeddings):
+    # F2PAD eq. 7: the squared Mahalanobis distance, whatever config.squared
+    label = "padim.feature_loss"
+    st_ = _patchcore_state(kind)
+    out = attempt(label, padim.feature_loss, st_, embeddings, None)
+    squared = st_
+    if kind == "padim":
+        squared = st_.replace(
+            config=padim.PaDiMConfig(**{**PD_CONFIG.__dict__, "squared": True})
+        )
+    expected = attempt(label, padim.score, squared, embeddings)
+    assert isinstance(out, Refused) == isinstance(expected, Refused), label
+    if not isinstance(out, Refused):
+        np.testing.assert_array_equal(out, expected)
+        check_result(label, out, [embeddings])
 
 @fuzzes("jad.methods.patchcore.embed", "jad.methods.padim.embed")
 @pytest.mark.parametrize("name", ["patchcore.official", "patchcore.anomalib", "padim"])
@@ -2332,7 +2764,7 @@ def _images_valid(images, *, any_size=False) -> bool | None:
     return valid
 
 
-@fuzzes("jad.pipeline.anomaly_maps")
+@fuzzes("jad.detector.anomaly_maps")
 @pytest.mark.parametrize(
     "method",
     [
@@ -2347,7 +2779,7 @@ def _images_valid(images, *, any_size=False) -> bool | None:
 )
 def test_anomaly_maps(detectors, method, images):
     label = "anomaly_maps"
-    out = attempt(label, pipeline.anomaly_maps, detectors.value[method], images)
+    out = attempt(label, jdet.anomaly_maps, detectors.value[method], images)
     if not refuse_or_succeed(label, out, _images_valid(images)):
         return
     maps, scores = out
@@ -2363,7 +2795,7 @@ def test_anomaly_maps(detectors, method, images):
         assert np.all(np.asarray(scores) >= top - 1e-5 * np.abs(top)), label
 
 
-@fuzzes("jad.pipeline.embed_images")
+@fuzzes("jad.detector.embed_images")
 @settings(max_examples=budget(0.75))
 @given(
     method=st.sampled_from(("patchcore", "patchcore", "padim", "nope")),
@@ -2381,7 +2813,7 @@ def test_embed_images(backbone_variables, method, backbone, variables, images):
     label = "embed_images"
     config = DETECTOR_CONFIGS.get(method, PC_OFFICIAL)
     var = {"real": backbone_variables.value, "empty": {}, "none": None}[variables]
-    out = attempt(label, pipeline.embed_images, method, config, backbone, var, images)
+    out = attempt(label, jdet.embed_images, method, config, backbone, var, images)
     valid = method != "nope" and backbone != "nope" and variables == "real"
     valid = valid and _images_valid(images, any_size=True)
     if not refuse_or_succeed(label, out, valid):
@@ -2389,6 +2821,26 @@ def test_embed_images(backbone_variables, method, backbone, variables, images):
     check_result(label, out, [images], propagates=method != "padim")
     assert out.shape[0] == np.shape(images)[0]
 
+
+
+@fuzzes("jad.detector.loss_context", "jad.detector.feature_loss")
+@pytest.mark.parametrize("method", ["patchcore", "padim"])
+@settings(max_examples=budget(0.5))
+@given(images=arrays(IMAGE_SHAPES, dtypes=IMAGE_DTYPES))
+def test_detector_feature_loss(detectors, method, images):
+    label = "feature_loss"
+    det = detectors.value[method]
+    context = attempt(label, jdet.loss_context, det, images)
+    if not refuse_or_succeed(label, context, _images_valid(images)):
+        return
+    out = attempt(label, jdet.feature_loss, det, images, context)
+    assert not isinstance(out, Refused), f"{label}: {out}"
+    check_result(label, out, [images])
+    assert out.shape[0] == np.shape(images)[0] and out.ndim == 3
+    if _finite(images) and method == "padim":  # the squared distance
+        emb = jdet.embed_images(method, det.config, det.backbone, det.variables,
+                                images)
+        close(out, padim.feature_loss(det.state, emb, None), label=label)
 
 @fuzzes("jad.pipeline.fit_detector")
 @settings(max_examples=budget(0.5))

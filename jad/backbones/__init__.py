@@ -8,7 +8,7 @@ Typical use::
         "wide_resnet50_2", variables, images, levels=(2, 3))  # {2: ..., 3: ...}
 """
 
-from jad._xla import CONV_COMPILER_OPTIONS
+from jad.backbones._xla import CONV_COMPILER_OPTIONS
 from jad.backbones.convert import port_torchvision, read_state_dict
 from jad.backbones.efficientnet import EfficientNetLite
 from jad.backbones.features import (

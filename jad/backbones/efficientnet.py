@@ -98,7 +98,7 @@ def _conv(features, size, stride, name, dtype) -> nn.Conv:
     )
 
 
-def depthwise_conv_same(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+def _depthwise_conv_same(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
     """Depthwise convolution with TensorFlow "SAME" padding, as a sum of shifts.
 
     Equal to ``lax.conv_general_dilated(..., padding="SAME",
@@ -155,7 +155,7 @@ class _DepthwiseConv(nn.Module):
         )
         if self.dtype is not None:
             x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
-        return depthwise_conv_same(x, kernel, self.stride)
+        return _depthwise_conv_same(x, kernel, self.stride)
 
 
 def _bn(name, dtype) -> nn.BatchNorm:

@@ -9,9 +9,9 @@ import jax
 import jax.numpy as jnp
 
 from jad import _checks
-from jad._xla import conv_jit
+from jad.backbones._xla import conv_jit
 from jad.backbones.registry import LEVELS, build_module, check_name
-from jad.data.preprocess import IMAGENET_MEAN, IMAGENET_STD, normalize_imagenet
+from jad.ops.image import IMAGENET_MEAN, IMAGENET_STD, normalize_imagenet
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -107,14 +107,15 @@ def extract_features(
     w.r.t. ``images`` and ``variables``; vmaps over an extra leading axis. Only the
     stages up to the deepest requested level are computed. Called at top level it
     is compiled with :data:`CONV_COMPILER_OPTIONS` (XLA's faster CPU kernels for
-    convolutions, see ``jad._xla``); inside your own ``jit`` your options apply.
+    convolutions, see ``jad.backbones._xla``); inside your own ``jit`` your options
+    apply.
 
     Args:
       name: backbone name (see :func:`jad.backbones.list_backbones`).
       variables: Flax variables ``{"params": ..., "batch_stats": ...}`` of that
         backbone.
       images: (N, H, W, 3) float array, already normalised with
-        :func:`jad.data.normalize_imagenet` (exactly what the torchvision model
+        :func:`jad.ops.normalize_imagenet` (exactly what the torchvision model
         receives, channels last).
       levels: an int or a sequence of ints in 0..4; 0 is the stem (stride 2), 1-4
         the stages (strides 4, 8, 16, 32). See :func:`backbone_info` for channels.
@@ -162,7 +163,7 @@ def logits(name: str, variables, images, *, dtype=None) -> jax.Array:
     return _apply(variables, images, name=name, levels=(4,), head=True, dtype=dtype)
 
 
-def init_variables(name: str, key: jax.Array, *, image_size: int = 64) -> dict:
+def init_variables(name: str, *, key: jax.Array, image_size: int = 64) -> dict:
     """Randomly initialised variables of backbone ``name`` (Flax's initialisers).
 
     Useful for tests and for training from scratch; real work uses

@@ -26,7 +26,12 @@ from jad.backbones.convert import port_torchvision, read_state_dict
 from jad.backbones.registry import check_name
 from jad.errors import WeightsError
 
-__all__ = ["TORCHVISION_URLS", "default_cache_dir", "load_pretrained"]
+__all__ = [
+    "TORCHVISION_URLS",
+    "default_cache_dir",
+    "load_pretrained",
+    "variables_digest",
+]
 
 #: torchvision's ImageNet checkpoints (``IMAGENET1K_V1``: the weights the papers
 #: used; the ``*_v2`` tags are torchvision's newer ``IMAGENET1K_V2`` recipes).

@@ -9,7 +9,13 @@ import jax.numpy as jnp
 from jad.backbones.efficientnet import EFFICIENTNET_SPECS, EfficientNetLite
 from jad.backbones.resnet import RESNET_SPECS, ResNet
 
-__all__ = ["BackboneInfo", "backbone_info", "list_backbones"]
+__all__ = [
+    "BackboneInfo",
+    "backbone_info",
+    "build_module",
+    "check_name",
+    "list_backbones",
+]
 
 LEVELS = (0, 1, 2, 3, 4)
 
@@ -41,7 +47,15 @@ def list_backbones() -> tuple[str, ...]:
 
 
 def check_name(fn: str, name) -> str:
-    """Returns ``name`` or raises ``ValueError`` listing the valid names."""
+    """Returns ``name`` or raises ``ValueError`` listing the valid names.
+
+    Args:
+      fn: the caller, for the message.
+      name: a backbone name.
+
+    Returns:
+      ``name``.
+    """
     if not isinstance(name, str) or name not in list_backbones():
         raise ValueError(
             f"{fn}: unknown backbone {name!r}; valid names are "
@@ -69,7 +83,17 @@ def backbone_info(name: str) -> BackboneInfo:
 
 
 def build_module(name: str, levels: tuple[int, ...], head: bool, dtype: str | None):
-    """The Flax module computing ``levels`` (and logits if ``head``) of ``name``."""
+    """The Flax module computing ``levels`` (and logits if ``head``) of ``name``.
+
+    Args:
+      name: a backbone name (:func:`list_backbones`).
+      levels: feature levels to return.
+      head: also compute the classifier's logits.
+      dtype: compute dtype name (``None``: the parameters' float32).
+
+    Returns:
+      The (unbound) Flax module.
+    """
     compute_dtype = None if dtype is None else jnp.dtype(dtype)
     if name in RESNET_SPECS:
         return ResNet(RESNET_SPECS[name], levels, head, compute_dtype)

@@ -18,8 +18,9 @@ import jax
 
 from jad import backbones as bb
 from jad import data, evaluation, pipeline
-from jad.cli.common import make_config, print_table
-from jad.methods import list_methods
+from jad.cli.common import print_table
+from jad.methods import get_method, list_methods
+from jad.methods.base import make_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -63,15 +64,18 @@ def run(args: argparse.Namespace) -> int:
     rows = []
     for method in methods:
         start = time.perf_counter()
+        # a method that reads images (e.g. PAE) has no backbone
+        features = get_method(method).inputs == "features"
         detector = pipeline.fit_detector(
-            method, train.batches(args.batch_size), backbone=backbone,
-            variables=variables, config=make_config(method),
-            key=jax.random.key(args.seed),
+            method, train.batches(args.batch_size),
+            backbone=backbone if features else None,
+            variables=variables if features else None, config=make_config(method),
+            key=jax.random.key(args.seed), transform=transform,
         )
         fit_seconds = time.perf_counter() - start
         result = evaluation.evaluate(detector, test, batch_size=args.batch_size)
         evaluation.save_overlays(result, test, out / "overlays" / method, limit=8)
-        rows.append({"method": method, "backbone": backbone,
+        rows.append({"method": method, "backbone": backbone if features else None,
                      "fit_seconds": fit_seconds, **result.metrics})
     print()
     print(f"{len(train)} training and {len(test)} test images at "

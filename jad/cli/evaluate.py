@@ -8,13 +8,13 @@ import datetime
 import json
 from pathlib import Path
 
-from jad import __version__, evaluation, pipeline
+from jad import __version__, data, evaluation, pipeline
 from jad.cli.common import (
     add_data_arguments,
+    float_type,
     non_negative_int,
     open_split,
     print_table,
-    transform_from_json,
 )
 
 _EPILOG = (
@@ -57,6 +57,15 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
         help="number of overlay PNGs written by --overlays (default: 16; 0: every "
         "test image)",
     )
+    parser.add_argument(
+        "--pro-tolerance", default=0.0, metavar="T",
+        type=float_type("a number in [0, 1)", lambda value: 0.0 <= value < 1.0),
+        help="compute each PRO within T of the exact AUPRO, a guaranteed bound "
+        "(score bins instead of a sort: about twice as fast on splits of 2^22 "
+        "pixels or more; smaller ones stay exact); 1e-6 is far below the 3 "
+        "decimals papers report; recorded in --json as pro_tolerance (default: "
+        "0, exact)",
+    )
 
 
 def _provenance(args, meta: dict, detector: pipeline.Detector) -> dict:
@@ -68,7 +77,8 @@ def _provenance(args, meta: dict, detector: pipeline.Detector) -> dict:
             "backbone": detector.backbone,
             "weights": detector.weights,
             "config": dataclasses.asdict(detector.config),
-            "transform": meta.get("transform"),
+            "transform": (None if detector.transform is None
+                          else dataclasses.asdict(detector.transform)),
             "num_train": meta.get("num_train"),
         },
         "data": {
@@ -90,7 +100,6 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if args.num_overlays is not None and not args.overlays:
         raise ValueError("--num-overlays applies with --overlays DIR only.")
     meta = pipeline.read_metadata(args.state)
-    transform = transform_from_json(meta.get("transform", {}))
     for name in ("data", "kind", "category"):  # default to what the fit used
         if getattr(args, name) is None:
             setattr(args, name, meta.get(name))
@@ -102,9 +111,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if args.overlays and Path(args.overlays).is_file():
         raise ValueError(f"--overlays must be a folder; {args.overlays} is a file.")
     detector = pipeline.load_detector(args.state)
+    # the preprocessing recorded with the detector (jad 0.1: the default)
+    transform = detector.transform or data.Transform()
     test = open_split(args, "test", transform)
     result = evaluation.evaluate(detector, test, batch_size=args.batch_size,
-                                 num_workers=args.workers)
+                                 num_workers=args.workers,
+                                 pro_tolerance=args.pro_tolerance)
     row = {"method": detector.method, "backbone": detector.backbone,
            **result.metrics}
     print_table([row])

@@ -13,114 +13,204 @@ from jad import data, pipeline
 from jad.cli.common import (
     DEFAULT_BACKBONE,
     add_data_arguments,
+    build_config,
+    field_assignment,
     float_type,
-    fraction,
-    make_config,
     open_split,
-    parse_levels,
     positive_int,
-    transform_to_json,
 )
-from jad.methods import list_methods
+from jad.methods import get_method, list_methods
 
 
 def add_fit_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``jad fit``."""
-    parser.add_argument("--method", required=True, choices=list_methods(),
-                        help="the detection method")
-    add_data_arguments(parser, required=True)
-    parser.add_argument("--backbone", default=DEFAULT_BACKBONE,
-                        choices=bb.list_backbones(), help="ImageNet backbone")
     parser.add_argument(
-        "--weights", default=None,
+        "--method", required=True, choices=list_methods(), help="the detection method"
+    )
+    add_data_arguments(parser, required=True)
+    parser.add_argument(
+        "--backbone",
+        default=DEFAULT_BACKBONE,
+        choices=bb.list_backbones(),
+        help="ImageNet backbone",
+    )
+    parser.add_argument(
+        "--weights",
+        default=None,
         help="local backbone weights (.pth/.safetensors/.npz); default: the official "
         "pretrained weights",
     )
     parser.add_argument("--out", required=True, help="folder for the fitted detector")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace a detector already saved in --out")
-    parser.add_argument("--size", type=positive_int, default=256,
-                        help="images are resized to SIZE x SIZE")
-    parser.add_argument("--crop", type=positive_int, default=None,
-                        help="then centre-cropped to CROP x CROP (e.g. 224)")
-    parser.add_argument("--levels", default=None, type=parse_levels,
-                        help="backbone levels, e.g. 2,3 (default: the method's)")
-    parser.add_argument("--preset", default=None,
-                        choices=("official", "anomalib"),
-                        help="PatchCore only: which reference implementation to "
-                        "follow (default: official)")
-    parser.add_argument("--coreset-ratio", type=fraction, default=None,
-                        help="PatchCore only: fraction of training patches kept "
-                        "(default: 0.1)")
-    parser.add_argument("--num-train", type=positive_int, default=None,
-                        help="use only the first N training images")
     parser.add_argument(
-        "--holdout", type=_holdout_fraction, default=0.1,
+        "--overwrite",
+        action="store_true",
+        help="replace a detector already saved in --out",
+    )
+    parser.add_argument(
+        "--size",
+        type=positive_int,
+        default=256,
+        help="images are resized to SIZE x SIZE",
+    )
+    parser.add_argument(
+        "--crop",
+        type=positive_int,
+        default=None,
+        help="then centre-cropped to CROP x CROP (e.g. 224)",
+    )
+    presets = "; ".join(
+        f"{name}: {', '.join(get_method(name).presets)}"
+        for name in list_methods()
+        if get_method(name).presets
+    )
+    parser.add_argument(
+        "--preset",
+        default=None,
+        metavar="NAME",
+        help="a named config of the method, the starting point of --set "
+        f"(default: the method's first; {presets or 'none registered'}; "
+        "see jad methods)",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=None,
+        type=field_assignment,
+        metavar="FIELD=VALUE",
+        help="change a field of the method's config, parsed by its type (repeat "
+        "for several): --set coreset_ratio=0.01 --set levels=2,3; tuples as 2,3 "
+        "or JSON [2, 3], nested ones as JSON [[1, 2], [3]], none for None; jad "
+        "methods lists the fields",
+    )
+    parser.add_argument(
+        "--num-train",
+        type=positive_int,
+        default=None,
+        help="use only the first N training images",
+    )
+    parser.add_argument(
+        "--holdout",
+        type=_holdout_fraction,
+        default=0.1,
         help="fraction of the training images (evenly spaced, at most 64) kept out "
         "of the fit and scored to set the detector's threshold for jad predict; 0 "
         "fits on every image as the papers do, and the threshold then comes from "
         "training images, which score lower than new ones (too low a threshold)",
     )
-    parser.add_argument("--seed", type=int, default=0,
-                        help="PRNG seed of the method's fit (PatchCore: the coreset's "
-                        "projection and start; PaDiM is deterministic). Data splits "
-                        "do not depend on it: MTD's split is fixed at seed 0")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="PRNG seed of the method's fit (PatchCore: the coreset's "
+        "projection and start; PaDiM is deterministic). Data splits "
+        "do not depend on it: MTD's split is fixed at seed 0",
+    )
 
 
 def run_fit(args: argparse.Namespace) -> int:
     """``jad fit``."""
     # Every option is checked before minutes of fitting.
     pipeline.check_output_folder("--out", args.out, overwrite=args.overwrite)
-    config = make_config(args.method, preset=args.preset,
-                         coreset_ratio=args.coreset_ratio, levels=args.levels)
+    config = build_config(
+        args.method, preset=args.preset, overrides=args.overrides or ()
+    )
+    _check_levels(args.method, config)
     transform = data.Transform(size=args.size, crop=args.crop)
     train = open_split(args, "train", transform, args.num_train)
     train, held_out = _split_holdout(train, args.holdout)
-    variables = bb.load_pretrained(args.backbone, weights=args.weights)
+    if get_method(args.method).inputs == "images":  # no backbone (e.g. PAE)
+        if args.weights is not None:
+            raise ValueError(
+                f"--weights: method {args.method} reads images, not backbone "
+                "features; it has no backbone weights."
+            )
+        backbone = {"backbone": None, "variables": None, "weights": None}
+    else:
+        backbone = {
+            "backbone": args.backbone,
+            "variables": bb.load_pretrained(args.backbone, weights=args.weights),
+            # A file is recorded by absolute path; a tag ("IMAGENET1K_V2") as given.
+            "weights": (
+                os.path.abspath(args.weights)
+                if args.weights is not None and os.path.exists(args.weights)
+                else args.weights
+            ),
+        }
     detector = pipeline.fit_detector(
         args.method,
         train.batches(args.batch_size, num_workers=args.workers),
-        backbone=args.backbone,
-        variables=variables,
         config=config,
         key=jax.random.key(args.seed),
-        # A file is recorded by absolute path; a tag ("IMAGENET1K_V2") as given.
-        weights=(os.path.abspath(args.weights)
-                 if args.weights is not None and os.path.exists(args.weights)
-                 else args.weights),
+        transform=transform,
+        **backbone,
     )
     if held_out is None:
         calibration_images = _evenly_spaced(train, _MAX_HOLDOUT)
-        why = ("--holdout 0" if args.holdout == 0 else
-               f"--holdout {args.holdout:g} of {len(train)} training images leaves "
-               "none to hold out or none to fit")
-        print(f"note: {why}: the threshold comes from {len(calibration_images)} "
-              "training images, which the fit has seen; new normal images score "
-              "higher, so expect false alarms from jad predict.")
+        why = (
+            "--holdout 0"
+            if args.holdout == 0
+            else f"--holdout {args.holdout:g} of {len(train)} training images leaves "
+            "none to hold out or none to fit"
+        )
+        print(
+            f"note: {why}: the threshold comes from {len(calibration_images)} "
+            "training images, which the fit has seen; new normal images score "
+            "higher, so expect false alarms from jad predict."
+        )
     else:
         calibration_images = held_out
     calibration = pipeline.calibrate(
         detector, calibration_images.batches(args.batch_size), progress=True
     )
-    print(f"threshold {calibration.threshold:.4f}: the largest image score of "
-          f"{calibration.num_images} "
-          + ("held-out" if held_out is not None else "training")
-          + " images (jad predict reports images above it as anomalous)")
+    print(
+        f"threshold {calibration.threshold:.4f}: the largest image score of "
+        f"{calibration.num_images} "
+        + ("held-out" if held_out is not None else "training")
+        + " images (jad predict reports images above it as anomalous)"
+    )
     out = pipeline.save_detector(
-        detector, args.out, overwrite=args.overwrite,
-        metadata={"transform": transform_to_json(transform),
-                  "num_train": len(train), "data": os.path.abspath(args.data),
-                  "kind": args.kind, "category": args.category,
-                  "holdout": 0 if held_out is None else len(held_out),
-                  "calibration": calibration._asdict()},
+        detector,
+        args.out,
+        overwrite=args.overwrite,
+        metadata={
+            "num_train": len(train),
+            "data": os.path.abspath(args.data),
+            "kind": args.kind,
+            "category": args.category,
+            "holdout": 0 if held_out is None else len(held_out),
+            "calibration": calibration._asdict(),
+        },
     )
     print(f"saved the fitted {args.method} detector to {out}")
     return 0
 
 
+def _check_levels(method: str, config) -> None:
+    """Refuses backbone levels that do not exist, before any data is read."""
+    if get_method(method).inputs != "features":
+        return
+    levels = getattr(config, "levels", ())
+    flat = []
+    stack = [levels]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, (tuple, list)):
+            stack.extend(item)
+        else:
+            flat.append(item)
+    valid = bb.registry.LEVELS  # the same for every backbone
+    if not set(flat) <= set(valid):
+        raise ValueError(
+            f"config.levels {levels}: backbone levels are {', '.join(map(str, valid))} "
+            "(0 the stem, 4 the deepest)."
+        )
+
+
 _MAX_HOLDOUT = 64
-_holdout_fraction = float_type("a number in [0, 0.5]",
-                               lambda value: 0.0 <= value <= 0.5)
+_holdout_fraction = float_type(
+    "a number in [0, 0.5]", lambda value: 0.0 <= value <= 0.5
+)
 
 
 def _evenly_spaced_indices(n: int, count: int) -> list[int]:
@@ -148,5 +238,7 @@ def _split_holdout(train, fraction: float):
     picks = set(_evenly_spaced_indices(len(train), count))
     keep = tuple(s for i, s in enumerate(train.samples) if i not in picks)
     held = tuple(s for i, s in enumerate(train.samples) if i in picks)
-    return (dataclasses.replace(train, samples=keep),
-            dataclasses.replace(train, samples=held))
+    return (
+        dataclasses.replace(train, samples=keep),
+        dataclasses.replace(train, samples=held),
+    )

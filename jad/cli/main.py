@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from jad import __version__
-from jad.cli import demo, evaluate, fit, predict, sparse_demo
+from jad.cli import demo, evaluate, fit, methods, predict, sparse_demo
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -33,20 +33,48 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"jad {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     commands_table = [
-        ("demo", "fit and evaluate every method on built-in data (the main job)",
-         demo.add_arguments, demo.run),
-        ("fit", "fit a detector on a dataset's training images",
-         fit.add_fit_arguments, fit.run_fit),
-        ("evaluate", "evaluate a fitted detector on a dataset's test split",
-         evaluate.add_evaluate_arguments, evaluate.run_evaluate),
-        ("predict", "anomaly maps and scores for new images",
-         predict.add_predict_arguments, predict.run_predict),
-        ("sparse-demo", "K-SVD and OMP at PSDL's scale on planted data",
-         sparse_demo.add_arguments, sparse_demo.run),
+        (
+            "demo",
+            "fit and evaluate every method on built-in data (the main job)",
+            demo.add_arguments,
+            demo.run,
+        ),
+        (
+            "fit",
+            "fit a detector on a dataset's training images",
+            fit.add_fit_arguments,
+            fit.run_fit,
+        ),
+        (
+            "evaluate",
+            "evaluate a fitted detector on a dataset's test split",
+            evaluate.add_evaluate_arguments,
+            evaluate.run_evaluate,
+        ),
+        (
+            "predict",
+            "anomaly maps and scores for new images",
+            predict.add_predict_arguments,
+            predict.run_predict,
+        ),
+        (
+            "methods",
+            "list the methods, their presets and config fields",
+            methods.add_arguments,
+            methods.run,
+        ),
+        (
+            "sparse-demo",
+            "K-SVD and OMP at PSDL's scale on planted data",
+            sparse_demo.add_arguments,
+            sparse_demo.run,
+        ),
     ]
     for name, help_text, add_arguments, run in commands_table:
         command = sub.add_parser(
-            name, help=help_text, description=help_text,
+            name,
+            help=help_text,
+            description=help_text,
             formatter_class=_HelpFormatter,
         )
         add_arguments(command)

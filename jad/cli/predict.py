@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from jad import data, pipeline
-from jad.cli.common import finite_float, transform_from_json
+from jad.cli.common import finite_float
 
 
 def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,12 +39,13 @@ def run_predict(args: argparse.Namespace) -> int:
     if missing:  # before any output is written
         raise ValueError(f"image files not found: {', '.join(missing)}.")
     meta = pipeline.read_metadata(args.state)
-    transform = transform_from_json(meta.get("transform", {}))
     calibration = _calibration(meta.get("calibration"), args.state)
     threshold = args.threshold
     if threshold is None and calibration is not None:
         threshold = calibration.threshold
     detector = pipeline.load_detector(args.state)
+    # the preprocessing recorded with the detector (jad 0.1: the default)
+    transform = detector.transform or data.Transform()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = {}

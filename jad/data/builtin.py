@@ -7,7 +7,7 @@ ships three 512x512 grey photographs of industrial-looking textures (``brick``,
 - nominal images: random 256x256 crops of the photograph, randomly flipped, resized to
   ``size`` (antialiased bilinear), tinted to a fixed colour per category and scaled by a
   random gain in [0.92, 1.08];
-- defects, made with :func:`jad.data.cutpaste.cut_paste` (F2PAD §IV-A.1, eq. 16) on
+- defects, made with :func:`jad.data.cutpaste.cut_paste` (F2PAD eq. 16, §IV-A.1) on
   other nominal images, with exact ground truth: ``color`` (a random-colour blob or
   ellipse), ``scratch`` (a thin random-colour bent line) and ``structural`` (a blob
   filled with the photograph at half the scale turned by 90 degrees: the texture with
@@ -324,7 +324,7 @@ def builtin_dataset(
     """Writes (or finds, if already complete) the built-in data set; returns its root.
 
     Real photographs from scikit-image's bundled data (no download), cut into
-    nominal images, with cut-paste defects (F2PAD §IV-A.1, eq. 16) whose masks are
+    nominal images, with cut-paste defects (F2PAD eq. 16, §IV-A.1) whose masks are
     exact: a mask pixel is set exactly where the defective image differs from the
     nominal image it was made from. Same settings, same machine and JAX version: the
     same bytes (generation runs on the CPU).

@@ -1,9 +1,9 @@
-"""Cut-paste synthetic anomalies with exact ground-truth masks (F2PAD §IV-A.1, eq. 16).
+"""Cut-paste synthetic anomalies with exact ground-truth masks (F2PAD eq. 16, §IV-A.1).
 
 F2PAD builds its evaluation set from normal images because real annotations are loose
 (the masks of MVTec AD cover normal pixels too): a defective image is
 
-    x_gen = (1 - m_src) ⊙ n_orig + m_src ⊙ a_src                      (eq. 16)
+    x_gen = (1 - m_src) ⊙ n_orig + m_src ⊙ a_src                (F2PAD eq. 16)
 
 with ``m_src`` a ground-truth mask of the dataset, randomly resized, and ``a_src`` a
 random colour (one per defect) or, for structural anomalies, a region of another normal
@@ -158,12 +158,12 @@ def cut_paste(
     factor: float = 0.5,
     region: Region = "any",
 ) -> CutPasteResult:
-    """Pastes one synthetic defect into a normal image (F2PAD §IV-A.1, eq. 16).
+    """Pastes one synthetic defect into a normal image (F2PAD eq. 16, §IV-A.1).
 
-    ``x_gen = (1 - m) ⊙ n + m ⊙ a`` (eq. 16): the mask ``m`` is one of the source masks
-    (e.g. a dataset's ground truth, or :func:`random_defect_mask`), picked at random,
-    randomly scaled and rotated about a random pixel of it, and placed so that pixel
-    lands on a uniformly drawn image pixel; ``a`` is one random colour
+    ``x_gen = (1 - m) ⊙ n + m ⊙ a`` (F2PAD eq. 16): the mask ``m`` is one of the source
+    masks (e.g. a dataset's ground truth, or :func:`random_defect_mask`), picked at
+    random, randomly scaled and rotated about a random pixel of it, and placed so that
+    pixel lands on a uniformly drawn image pixel; ``a`` is one random colour
     (``kind="color"``) or ``other_image`` translated by a random offset
     (``kind="structural"``, F2PAD's capsule anomalies).
 
@@ -314,7 +314,8 @@ def _cut_paste(
     else:
         anomaly = _structural_source(k_anomaly, other, position, region)
     anomaly = _push_away(anomaly, image, min_distance, factor)
-    out = jnp.where(mask[..., None], anomaly, image)  # eq. 16, exact outside the mask
+    # F2PAD eq. 16, exact outside the mask
+    out = jnp.where(mask[..., None], anomaly, image)
     return CutPasteResult(image=out.astype(image.dtype), mask=mask)
 
 

@@ -21,6 +21,10 @@ touched, and those of a writer that is still running (its pid, on this machine) 
 left alone, so two processes never delete each other's work; two writers of the same
 folder at the same time are not supported (the last rename wins).
 
+:func:`save_pytree` and :func:`restore_pytree` write any pytree of arrays (a method
+state) with orbax and read it back into a template, listing what does not fit
+(:func:`tree_mismatches`).
+
 :func:`file_digests` and :func:`verify_digests` record and check the SHA-256 of every
 file of a folder, so a truncated, edited or bit-flipped file is reported by name
 instead of loading silently.
@@ -36,10 +40,21 @@ import secrets
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from jad.errors import DatasetError
 
-__all__ = ["atomic_folder", "file_digests", "recover", "verify_digests"]
+__all__ = [
+    "atomic_folder",
+    "file_digests",
+    "recover",
+    "restore_pytree",
+    "save_pytree",
+    "tree_mismatches",
+    "verify_digests",
+]
 
 _TMP = ".jad-tmp-"
 _OLD = ".jad-old-"
@@ -255,3 +270,121 @@ def verify_digests(root, recorded: dict, *, source) -> None:
                     f"{Path(folder) / name} is not one of the files recorded in "
                     f"{source}: the saved folder was changed after saving."
                 )
+
+
+# ------------------------------------------------------------------ pytrees
+#
+# A state (any pytree of arrays: flax.struct dataclasses, nested dicts of per-level
+# banks, Flax parameter trees, optax states) is saved as its flax "state dict" (nested
+# dicts with string keys) by orbax, and restored into a template of the same
+# structure (``jax.eval_shape`` of the method's init), so the restored value has the
+# template's Python types (dataclasses, NamedTuples, int dict keys) and a folder that
+# does not fit is refused with a list of what differs (big_vision's merge_params).
+
+
+def _flat(tree) -> dict[str, Any]:
+    import flax.serialization
+    import flax.traverse_util
+
+    state = flax.serialization.to_state_dict(tree)
+    if not isinstance(state, dict):
+        return {"": state}
+    return flax.traverse_util.flatten_dict(state, sep="/")
+
+
+def _describe(leaf) -> str:
+    shape = tuple(getattr(leaf, "shape", ()))
+    dtype = getattr(leaf, "dtype", type(leaf).__name__)
+    return f"{shape} {dtype}"
+
+
+def tree_mismatches(found, template, *, shapes: bool = True) -> list[str]:
+    """What differs between a restored tree and the template it should fit.
+
+    Args:
+      found: a pytree (e.g. nested dicts of arrays read from disk).
+      template: the expected pytree (arrays or ``jax.ShapeDtypeStruct`` leaves).
+      shapes: also compare each leaf's shape and dtype (not only the paths).
+
+    Returns:
+      One line per difference, sorted: ``missing: PATH (shape dtype)`` (in the
+      template only), ``extra: PATH`` (in ``found`` only), ``PATH: saved (shape
+      dtype), expected (shape dtype)``. Empty when they fit.
+
+    Example:
+      >>> import numpy as np
+      >>> tree_mismatches({"a": np.zeros(2)}, {"a": np.zeros(3), "b": np.zeros(1)})
+      ['a: saved ((2,) float64), expected ((3,) float64)', 'missing: b ((1,) float64)']
+    """
+    have, want = _flat(found), _flat(template)
+    lines = [f"missing: {p} ({_describe(want[p])})" for p in want if p not in have]
+    lines += [f"extra: {p} ({_describe(have[p])})" for p in have if p not in want]
+    if shapes:
+        for path in have.keys() & want.keys():
+            a, b = have[path], want[path]
+            if (tuple(getattr(a, "shape", ())) != tuple(getattr(b, "shape", ()))
+                    or np.dtype(getattr(a, "dtype", type(a)))
+                    != np.dtype(getattr(b, "dtype", type(b)))):
+                lines.append(f"{path}: saved ({_describe(a)}), expected "
+                             f"({_describe(b)})")
+    return sorted(lines)
+
+
+def save_pytree(directory, tree) -> None:
+    """Writes a pytree of arrays with orbax (inside :func:`atomic_folder`, usually).
+
+    Args:
+      directory: the folder to create (must not exist).
+      tree: any pytree of arrays; static fields of ``flax.struct`` dataclasses
+        (a method's config) are not saved.
+
+    Returns:
+      None.
+    """
+    import flax.serialization
+    import orbax.checkpoint as ocp
+
+    state = flax.serialization.to_state_dict(tree)
+    ocp.PyTreeCheckpointer().save(Path(directory).absolute(), state)
+
+
+def restore_pytree(directory, template, *, shapes: bool = True):
+    """Reads a pytree saved by :func:`save_pytree` into ``template``'s structure.
+
+    Args:
+      directory: the folder written by :func:`save_pytree`.
+      template: a pytree of the expected structure (leaves: arrays or
+        ``jax.ShapeDtypeStruct``, e.g. ``jax.eval_shape`` of an init); its static
+        fields (a method's config) are kept.
+      shapes: refuse leaves whose shape or dtype differ from the template's (False:
+        compare the paths only, for formats that did not record the sizes).
+
+    Returns:
+      The restored pytree: the template's types with the saved arrays (on the
+      default device).
+
+    Raises:
+      DatasetError: the folder cannot be read, or does not fit the template (the
+        message lists every missing, extra and misshaped entry).
+    """
+    import flax.serialization
+    import orbax.checkpoint as ocp
+
+    directory = Path(directory).absolute()
+    try:
+        raw = ocp.PyTreeCheckpointer().restore(directory)
+    except Exception as err:  # orbax and tensorstore raise many types
+        first = (str(err).splitlines() or [""])[0]
+        raise DatasetError(
+            f"{directory}: cannot restore the saved arrays ({type(err).__name__}: "
+            f"{first})."
+        ) from err
+    problems = tree_mismatches(raw, template, shapes=shapes)
+    if problems:
+        shown = "; ".join(problems[:10])
+        more = f"; and {len(problems) - 10} more" if len(problems) > 10 else ""
+        raise DatasetError(
+            f"{directory} does not fit the expected "
+            f"{type(template).__name__}: {shown}{more}."
+        )
+    return flax.serialization.from_state_dict(template, raw)

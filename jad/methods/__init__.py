@@ -5,7 +5,14 @@ itself so :func:`get_method` and the command line find it by name.
 """
 
 from jad.methods import padim, patchcore
-from jad.methods.base import Method, get_method, list_methods, postprocess, register
+from jad.methods.base import (
+    Method,
+    get_method,
+    list_methods,
+    make_config,
+    postprocess,
+    register,
+)
 from jad.methods.padim import PaDiMConfig, PaDiMState
 from jad.methods.patchcore import PatchCoreConfig, PatchCoreState
 
@@ -17,6 +24,7 @@ __all__ = [
     "PatchCoreState",
     "get_method",
     "list_methods",
+    "make_config",
     "padim",
     "patchcore",
     "postprocess",

@@ -53,14 +53,17 @@ __all__ = [
     "channel_subset",
     "embed",
     "fit",
+    "PRESETS",
+    "feature_loss",
     "fit_batches",
+    "init",
     "score",
 ]
 
 _DEFAULT_FEATURES = {448: 100, 1792: 550}
 
 
-def channel_subset(total: int, n_features: int | None, seed: int = 1024) -> tuple:
+def channel_subset(total: int, n_features: int | None, *, seed: int = 1024) -> tuple:
     """The reference's random channel indices: ``random.seed(seed)``; ``sample``.
 
     Args:
@@ -106,7 +109,8 @@ class PaDiMConfig:
       regularization: added to the covariance diagonal (0.01).
       squared: squared Mahalanobis distance (F2PAD eq. 7) instead of the reference's
         plain distance.
-      upsample, sigma, blur_mode: shared post-processing (see ``jad.methods.base``).
+      upsample, sigma, blur_mode, combine, align_corners: shared
+        post-processing (see :func:`jad.methods.base.postprocess`).
     """
 
     levels: tuple[int, ...] = (1, 2, 3)
@@ -117,12 +121,17 @@ class PaDiMConfig:
     upsample: str = "bilinear"
     sigma: float = 4.0
     blur_mode: str = "symmetric"
+    combine: str = "mean"
+    align_corners: bool = False
 
     def __post_init__(self):
         if not self.levels:
             raise ValueError("PaDiMConfig: levels must not be empty.")
         check_config_fields(
-            "PaDiMConfig", self, ints=("seed",), floats=("regularization",),
+            "PaDiMConfig",
+            self,
+            ints=("seed",),
+            floats=("regularization",),
             bools=("squared",),
         )
         object.__setattr__(self, "levels", tuple(int(x) for x in self.levels))
@@ -156,15 +165,8 @@ class PaDiMState:
 
 
 def _concat(config: PaDiMConfig, features: dict) -> jax.Array:
-    first = features[config.levels[0]]
-    grid = first.shape[1:3]
-    parts = []
-    for level in config.levels:
-        f = features[level]
-        if f.shape[1:3] != grid:
-            f = ops.resize(f, grid, method="nearest", channels_last=True)
-        parts.append(f)
-    return jnp.concatenate(parts, axis=-1)
+    parts = [features[level] for level in config.levels]
+    return jnp.concatenate(ops.align_levels(parts, method="nearest"), axis=-1)
 
 
 def embed(config: PaDiMConfig, features: dict) -> jax.Array:
@@ -189,7 +191,7 @@ def embed(config: PaDiMConfig, features: dict) -> jax.Array:
     total = concat.shape[-1]
     if config.n_features == 0:
         return concat
-    idx = np.asarray(channel_subset(total, config.n_features, config.seed))
+    idx = np.asarray(channel_subset(total, config.n_features, seed=config.seed))
     return concat[..., idx]
 
 
@@ -262,16 +264,25 @@ def _merge(moments: _Moments | None, batch: jax.Array) -> _Moments:
     if moments is None:
         f32 = jnp.float32
         moments = _Moments(
-            0, jnp.zeros((h * w, d), f32), jnp.zeros((h * w, d, d), f32),
-            jnp.zeros((), f32), (h, w, d),
+            0,
+            jnp.zeros((h * w, d), f32),
+            jnp.zeros((h * w, d, d), f32),
+            jnp.zeros((), f32),
+            (h, w, d),
         )
     if b == 0:
         return moments
     count = moments.count + b
     num_blocks, size = _blocks(h * w, d)
     mean, scatter, largest = _merge_batch(
-        moments.mean, moments.scatter, moments.largest, batch, b / count,
-        moments.count * b / count, num_blocks=num_blocks, size=size,
+        moments.mean,
+        moments.scatter,
+        moments.largest,
+        batch,
+        b / count,
+        moments.count * b / count,
+        num_blocks=num_blocks,
+        size=size,
     )
     return _Moments(count, mean, scatter, largest, moments.shape)
 
@@ -291,10 +302,7 @@ def _whiten_block(scatter, start, first, count, regularization, *, size):
     block = jax.lax.dynamic_slice_in_dim(scatter, first, size)
     eye = jnp.eye(block.shape[-1], dtype=block.dtype)
     covariance = block / (count - 1) + regularization * eye
-    chol = jnp.linalg.cholesky(covariance)
-    whitening = jax.lax.linalg.triangular_solve(
-        chol, jnp.broadcast_to(eye, block.shape), left_side=True, lower=True
-    )
+    whitening, chol = ops.cholesky_whitening(covariance)
     # Locations the previous block already whitened keep their values (whatever
     # the factorisation of those made).
     fresh = _fresh(first, start, size)[:, None, None]
@@ -479,7 +487,7 @@ def fit_batches(
 
 
 def score(state: PaDiMState, embeddings) -> jax.Array:
-    """Mahalanobis distance of each location to its Gaussian (eq. 7).
+    """Mahalanobis distance of each location to its Gaussian (F2PAD eq. 7).
 
     Args:
       state: a fitted :class:`PaDiMState`.
@@ -503,19 +511,59 @@ def score(state: PaDiMState, embeddings) -> jax.Array:
     dtype = getattr(embeddings, "dtype", None)
     if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
         raise TypeError(f"{fn}: embeddings must have a floating dtype; got {dtype}.")
-    diff = embeddings - state.mean
-    z = jnp.einsum("hwij,bhwj->bhwi", state.whitening, diff,
-                   precision=jax.lax.Precision.HIGHEST)
-    sq = jnp.sum(z * z, axis=-1)
-    if state.config.squared:
-        return sq
-    # Double where: sqrt's gradient is infinite at 0 (an embedding equal to the mean),
-    # which would make the gradient NaN; there the distance is sq = 0 with gradient
-    # 0. NaN (from NaN embeddings) fails `sq > 0` and passes through as NaN: it is
-    # never turned into the distance 0 of a perfectly normal location.
-    positive = sq > 0
-    return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), sq)
+    return ops.mahalanobis(
+        state.whitening, state.mean, embeddings, squared=state.config.squared
+    )
 
+
+def init(
+    config: PaDiMConfig, embeddings, *, num_images: int = 0, key=None
+) -> PaDiMState:
+    """A state of the shapes :func:`fit` gives (zeros): the template for restoring.
+
+    Args:
+      config: a :class:`PaDiMConfig`.
+      embeddings: (B, h, w, d) embeddings of any batch (only their shape is read;
+        a ``jax.ShapeDtypeStruct`` will do).
+      num_images: unused (the state's size does not depend on it).
+      key: unused; accepted for the common protocol.
+
+    Returns:
+      :class:`PaDiMState` of zeros: mean (h, w, d), whitening (h, w, d, d).
+    """
+    del num_images, key
+    h, w, d = embeddings.shape[1:]
+    return PaDiMState(
+        mean=jnp.zeros((h, w, d), jnp.float32),
+        whitening=jnp.zeros((h, w, d, d), jnp.float32),
+        config=config,
+    )
+
+
+def feature_loss(state: PaDiMState, embeddings, context) -> jax.Array:
+    """F2PAD eq. 7: the squared Mahalanobis distance, whatever ``config.squared``.
+
+    Args:
+      state: a fitted :class:`PaDiMState`.
+      embeddings: (B, h, w, d) embeddings of the current estimate n.
+      context: unused (PaDiM's loss needs nothing from the initial image:
+        ``None``).
+
+    Returns:
+      (B, h, w) squared distances, differentiable w.r.t. the embeddings.
+    """
+    del context
+    check_instance("padim.feature_loss", "state", state, PaDiMState)
+    return score(
+        state.replace(config=dataclasses.replace(state.config, squared=True)),
+        embeddings,
+    )
+
+
+PRESETS = {
+    # The first preset is the default config: xiahaifeng1995's reference code.
+    "reference": PaDiMConfig(),
+}
 
 METHOD = register(
     Method(
@@ -525,6 +573,9 @@ METHOD = register(
         embed=embed,
         fit=fit,
         score=score,
+        init=init,
         fit_batches=fit_batches,
+        presets=PRESETS,
+        feature_loss=feature_loss,
     )
 )

@@ -19,19 +19,22 @@ coreset start         mean distance to 10 random pts   one random point (selecte
 patch score           squared L2, mean over k = 1      L2, nearest
 image score           max patch score                  max patch score re-weighted by
                                                        1 - softmax over its 9 NN
-                                                       (paper eq. 7)
+                                                       (PatchCore eq. 7)
 map                   bilinear, blur sigma 4 (scipy    nearest, blur sigma 4 (torch
                       'reflect' = symmetric)           'reflect')
 ===================== ================================ ================================
 
-The adaptive average pooling of a flattened (C, 3, 3) patch reproduces torch's
-``adaptive_avg_pool1d`` bins exactly (start ``floor(i L / n)``, end
-``ceil((i + 1) L / n)``) by summing each bin's few entries (a gather), so it costs
-O(L + n) per location and never forms the (L x n) pooling matrix. Pooling and
-bilinear upsampling are both linear and commute, so pooling first (cheaper) equals
-the official order.
+The adaptive average pooling of a flattened (C, 3, 3) patch
+(:func:`jad.ops.adaptive_avg_pool`) reproduces torch's ``adaptive_avg_pool1d`` bins
+exactly (start ``floor(i L / n)``, end ``ceil((i + 1) L / n)``) by summing each bin's
+few entries (a gather), so it costs O(L + n) per location and never forms the (L x n)
+pooling matrix; the unfold, the average pool and the alignment of the levels are
+:func:`jad.ops.unfold`, :func:`jad.ops.avg_pool` and :func:`jad.ops.align_levels`.
+Pooling and bilinear upsampling are both linear and commute, so pooling first
+(cheaper) equals the official order.
 
-F2PAD's restricted score (eq. 5) is :func:`restricted_score` over the candidate sets of
+F2PAD's restricted score (F2PAD eq. 5) is :func:`restricted_score` over the candidate
+sets of
 :func:`candidate_indices` (the ``num_candidates`` nearest bank entries of each location
 of an initial image; 50 in F2PAD).
 """
@@ -46,13 +49,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jad import _checks, ops
-from jad.coreset import (
-    dense_random_projection,
-    greedy_coreset,
-    johnson_lindenstrauss_dim,
-    sparse_random_projection,
-)
+from jad import _checks
 from jad.methods.base import (
     Method,
     check_config_fields,
@@ -61,16 +58,29 @@ from jad.methods.base import (
     check_postprocess,
     register,
 )
-from jad.neighbors import nearest_neighbors
+from jad.methods.coreset import greedy_coreset
+from jad.ops import (
+    adaptive_avg_pool,
+    align_levels,
+    avg_pool,
+    dense_random_projection,
+    johnson_lindenstrauss_dim,
+    nearest_neighbors,
+    sparse_random_projection,
+    unfold,
+)
 
 __all__ = [
     "PatchCoreConfig",
     "PatchCoreState",
-    "adaptive_avg_pool",
     "candidate_indices",
     "embed",
+    "PRESETS",
+    "feature_loss",
     "fit",
     "image_score",
+    "init",
+    "loss_context",
     "restricted_score",
     "score",
 ]
@@ -95,8 +105,12 @@ class PatchCoreConfig:
       num_starting_points: official coreset start (10).
       num_neighbors: official: k of the mean k-NN patch score (1); anomalib: the
         neighbours of the re-weighting (9).
-      upsample, sigma, blur_mode: shared post-processing (see ``jad.methods.base``).
+      upsample, sigma, blur_mode, combine, align_corners: shared
+        post-processing (see :func:`jad.methods.base.postprocess`).
       bank_chunk: bank rows per k-NN step (memory knob).
+      num_candidates: F2PAD's |M_ij|, the bank entries nearest to each location
+        of the initial image among which its feature loss searches (F2PAD
+        sec. IV-A.3: 50); see :func:`loss_context`.
     """
 
     preset: str = "official"
@@ -111,7 +125,10 @@ class PatchCoreConfig:
     upsample: str = "bilinear"
     sigma: float = 4.0
     blur_mode: str = "symmetric"
+    combine: str = "mean"
+    align_corners: bool = False
     bank_chunk: int = 4096
+    num_candidates: int = 50
 
     def __post_init__(self):
         fn = "PatchCoreConfig"
@@ -121,8 +138,15 @@ class PatchCoreConfig:
             raise ValueError(
                 f"{fn}: coreset_ratio must be in (0, 1]; got {self.coreset_ratio}."
             )
-        for name in ("patch_size", "pretrain_dim", "target_dim", "num_neighbors",
-                     "num_starting_points", "bank_chunk"):
+        for name in (
+            "patch_size",
+            "pretrain_dim",
+            "target_dim",
+            "num_neighbors",
+            "num_starting_points",
+            "bank_chunk",
+            "num_candidates",
+        ):
             _checks.check_int(fn, name, getattr(self, name), low=1)
         if self.patch_size % 2 == 0:
             raise ValueError(
@@ -136,7 +160,7 @@ class PatchCoreConfig:
 
     @classmethod
     def anomalib(cls, **overrides) -> PatchCoreConfig:
-        """The anomalib preset: 1536-d concatenation, sparse JL coreset, re-weighting.
+        """The anomalib preset (``PRESETS["anomalib"]``) with some fields changed.
 
         Args:
           **overrides: fields to change.
@@ -144,15 +168,20 @@ class PatchCoreConfig:
         Returns:
           The config.
         """
-        fields = dict(
-            preset="anomalib",
-            projection_dim=None,
-            num_neighbors=9,
-            upsample="nearest",
-            blur_mode="reflect",
-        )
-        fields.update(overrides)
-        return cls(**fields)
+        return dataclasses.replace(PRESETS["anomalib"], **overrides)
+
+
+PRESETS = {
+    # The first preset is the default config.
+    "official": PatchCoreConfig(),
+    "anomalib": PatchCoreConfig(
+        preset="anomalib",
+        projection_dim=None,
+        num_neighbors=9,
+        upsample="nearest",
+        blur_mode="reflect",
+    ),
+}
 
 
 @flax.struct.dataclass
@@ -166,65 +195,6 @@ class PatchCoreState:
 
     memory_bank: jax.Array
     config: PatchCoreConfig = flax.struct.field(pytree_node=False)
-
-
-def adaptive_avg_pool(x: jax.Array, size: int) -> jax.Array:
-    """Torch's ``adaptive_avg_pool1d`` over the last axis, exactly.
-
-    Args:
-      x: (..., L) floating array, L >= 1.
-      size: output length n >= 1 (a static Python int); bins
-        ``[floor(i L / n), ceil((i + 1) L / n))``.
-
-    Returns:
-      (..., n) array of bin means (bins repeat entries when n > L).
-
-    Raises:
-      TypeError: non-floating ``x``; ``size`` not an int.
-      ValueError: ``x`` 0-d or with L = 0; ``size`` < 1.
-
-    Note:
-      Each bin is summed directly (a gather of at most ``ceil(L / n) + 1`` entries
-      per output), not as a difference of a cumulative sum, whose float32
-      cancellation reached 2e-4 absolute error at L = 9216 (WRN-50 layer 3).
-    """
-    fn = "patchcore.adaptive_avg_pool"
-    x = _checks.as_float_array(fn, "x", x, min_rank=1)
-    size = _checks.check_int(fn, "size", size, low=1)
-    length = x.shape[-1]
-    if length < 1:
-        raise ValueError(
-            f"{fn}: x must be (..., L) with L >= 1; got shape {tuple(x.shape)}."
-        )
-    starts = np.arange(size) * length // size
-    ends = -(-(np.arange(1, size + 1) * length) // size)
-    width = int(np.max(ends - starts))
-    index = starts[:, None] + np.arange(width)[None, :]  # (n, width)
-    valid = index < ends[:, None]
-    gathered = x[..., np.minimum(index, length - 1)]  # (..., n, width)
-    summed = jnp.sum(jnp.where(valid, gathered, 0), axis=-1)
-    return summed / jnp.asarray(ends - starts, x.dtype)
-
-
-def _unfold(x: jax.Array, size: int) -> jax.Array:
-    """(B, h, w, C) -> (B, h, w, C * size**2), torch ``Unfold`` order, zero padding."""
-    pad = (size - 1) // 2
-    xp = jnp.pad(x, ((0, 0), (pad, size - 1 - pad), (pad, size - 1 - pad), (0, 0)))
-    h, w = x.shape[1:3]
-    shifts = [xp[:, i : i + h, j : j + w, :] for i in range(size) for j in range(size)]
-    stacked = jnp.stack(shifts, axis=-1)  # (B, h, w, C, size*size)
-    # The last size explicitly: ``-1`` is ambiguous (and fails) for an empty batch.
-    return stacked.reshape(*stacked.shape[:3], x.shape[-1] * size * size)
-
-
-def _avg_pool3(x: jax.Array, size: int) -> jax.Array:
-    """Torch's ``AvgPool2d(size, 1, size // 2)`` (zero padding, count_include_pad)."""
-    pad = size // 2
-    summed = jax.lax.reduce_window(
-        x, 0.0, jax.lax.add, (1, size, size, 1), (1, 1, 1, 1),
-        ((0, 0), (pad, pad), (pad, pad), (0, 0)),
-    )
-    return summed / (size * size)
 
 
 def embed(config: PatchCoreConfig, features: dict) -> jax.Array:
@@ -246,18 +216,15 @@ def embed(config: PatchCoreConfig, features: dict) -> jax.Array:
         gives empty embeddings).
     """
     check_levels("patchcore.embed", config, features)
-    first = features[config.levels[0]]
-    grid = first.shape[1:3]
     per_level = []
     for level in config.levels:
         f = features[level]
         if config.preset == "official":
-            f = adaptive_avg_pool(_unfold(f, config.patch_size), config.pretrain_dim)
+            f = adaptive_avg_pool(unfold(f, config.patch_size), config.pretrain_dim)
         else:
-            f = _avg_pool3(f, config.patch_size)
-        if f.shape[1:3] != grid:
-            f = ops.resize(f, grid, method="bilinear", channels_last=True)
+            f = avg_pool(f, config.patch_size)
         per_level.append(f)
+    per_level = align_levels(per_level, method="bilinear")
     if config.preset == "official":
         stacked = jnp.concatenate(per_level, axis=-1)  # == flatten of (levels, dim)
         return adaptive_avg_pool(stacked, config.target_dim)
@@ -329,7 +296,8 @@ def fit(
             f"{config.coreset_ratio:g}); the {dim}-d training embeddings take "
             f"{n * dim * 4 / 2**30:.2f} GiB, selection runs on a {out_dim}-d "
             "projection.",
-            file=sys.stderr, flush=True,
+            file=sys.stderr,
+            flush=True,
         )
     indices = greedy_coreset(
         projected,
@@ -363,8 +331,10 @@ def _map_rows(fn, flat):
     """
     if not isinstance(flat, np.ndarray):
         return fn(flat)
-    parts = [fn(jnp.asarray(flat[i : i + _ROW_CHUNK]))
-             for i in range(0, flat.shape[0], _ROW_CHUNK)]
+    parts = [
+        fn(jnp.asarray(flat[i : i + _ROW_CHUNK]))
+        for i in range(0, flat.shape[0], _ROW_CHUNK)
+    ]
     return parts[0] if len(parts) == 1 else jnp.concatenate(parts)
 
 
@@ -388,9 +358,10 @@ def _report_estimate(config: PatchCoreConfig):
             # The time goes with patches x picks: linear in the ratio, quadratic
             # in the number of training images.
             line += (
-                f" For a quicker fit lower coreset_ratio (jad fit --coreset-ratio "
-                f"{ratio:g}: about {_duration(estimate.seconds / 10)}) or train on "
-                "fewer images (jad fit --num-train; half of them: about "
+                f" For a quicker fit lower coreset_ratio (jad fit --set "
+                f"coreset_ratio={ratio:g}: about "
+                f"{_duration(estimate.seconds / 10)}) or train on fewer images "
+                "(jad fit --num-train; half of them: about "
                 f"{_duration(estimate.seconds / 4)}). Ctrl-C stops it."
             )
         print(line, file=sys.stderr, flush=True)
@@ -423,13 +394,16 @@ def _check_state(fn: str, state, embeddings) -> None:
 
 def _knn(state: PatchCoreState, embeddings, k: int, squared: bool):
     return nearest_neighbors(
-        embeddings, state.memory_bank, min(k, state.memory_bank.shape[0]),
-        squared=squared, bank_chunk=state.config.bank_chunk,
+        embeddings,
+        state.memory_bank,
+        min(k, state.memory_bank.shape[0]),
+        squared=squared,
+        bank_chunk=state.config.bank_chunk,
     )
 
 
 def score(state: PatchCoreState, embeddings) -> jax.Array:
-    """Patch anomaly scores: distance to the nearest memory-bank entry (eq. 4).
+    """Patch anomaly scores: distance to the nearest memory-bank entry (F2PAD eq. 4).
 
     Args:
       state: a fitted :class:`PatchCoreState`.
@@ -447,18 +421,22 @@ def score(state: PatchCoreState, embeddings) -> jax.Array:
     return dist[..., 0]
 
 
-def image_score(state: PatchCoreState, embeddings, patch_map: jax.Array) -> jax.Array:
+def image_score(
+    state: PatchCoreState, embeddings, patch_map: jax.Array, *, maps=None
+) -> jax.Array:
     """Image anomaly score from the patch scores (before upsampling).
 
     Args:
       state: a fitted :class:`PatchCoreState`.
       embeddings: (B, h, w, D) test embeddings.
       patch_map: (B, h, w) from :func:`score`.
+      maps: the final (B, H, W) maps (unused: PatchCore scores images before
+        upsampling); accepted for the common protocol.
 
     Returns:
       (B,): official, the maximum patch score; anomalib, the maximum re-weighted by
       ``1 - softmax(d(m_test, N_b(m*)))[0]`` over the ``num_neighbors`` nearest bank
-      entries of the test patch's nearest entry m* (paper eq. 7); with
+      entries of the test patch's nearest entry m* (PatchCore eq. 7); with
       ``num_neighbors == 1`` anomalib, too, returns the plain maximum. An empty
       batch (B = 0) gives an empty (0,) result, as :func:`score` gives (0, h, w).
 
@@ -468,6 +446,7 @@ def image_score(state: PatchCoreState, embeddings, patch_map: jax.Array) -> jax.
       ValueError: ``embeddings`` not (B, h, w, D) with the bank's D and h, w >= 1,
         or ``patch_map`` not (B, h, w) like them.
     """
+    del maps
     fn = "patchcore.image_score"
     _check_state(fn, state, embeddings)
     if len(embeddings.shape) != 4 or min(embeddings.shape[1:3]) < 1:
@@ -556,12 +535,71 @@ def restricted_score(state: PatchCoreState, embeddings, candidates) -> jax.Array
         ) from None
     size = state.memory_bank.shape[0]
     # JAX's gather would clamp an out-of-range index silently.
-    if _checks.is_concrete(candidates) and candidates.size and not (
-        int(candidates.min()) >= 0 and int(candidates.max()) < size
+    if (
+        _checks.is_concrete(candidates)
+        and candidates.size
+        and not (int(candidates.min()) >= 0 and int(candidates.max()) < size)
     ):
         raise ValueError(f"{fn}: candidates must be bank indices in [0, {size}).")
     diff = embeddings[..., None, :] - state.memory_bank[candidates]
     return jnp.min(jnp.sum(diff * diff, axis=-1), axis=-1)
+
+
+def init(
+    config: PatchCoreConfig, embeddings, *, num_images: int, key=None
+) -> PatchCoreState:
+    """A state of the shapes :func:`fit` gives (zeros): the template for restoring.
+
+    Args:
+      config: a :class:`PatchCoreConfig`.
+      embeddings: (B, h, w, D) embeddings of any batch (only their shape is read;
+        a ``jax.ShapeDtypeStruct`` will do).
+      num_images: N, the number of training images.
+      key: unused; accepted for the common protocol.
+
+    Returns:
+      :class:`PatchCoreState` with a zero (M, D) bank, M = ``int(N h w
+      coreset_ratio)`` (at least 1; N h w with a ratio of 1).
+    """
+    del key
+    _, h, w, dim = embeddings.shape
+    n = num_images * h * w
+    size = n if config.coreset_ratio >= 1.0 else max(1, int(n * config.coreset_ratio))
+    return PatchCoreState(
+        memory_bank=jnp.zeros((size, dim), jnp.float32), config=config
+    )
+
+
+def loss_context(state: PatchCoreState, embeddings) -> jax.Array:
+    """F2PAD's candidate sets of an initial image: :func:`candidate_indices`.
+
+    Args:
+      state: a fitted :class:`PatchCoreState`.
+      embeddings: (B, h, w, D) embeddings of the initial estimate n^(0).
+
+    Returns:
+      (B, h, w, K) int32 bank indices, K = ``config.num_candidates`` (capped at
+      the bank size).
+    """
+    check_instance("patchcore.loss_context", "state", state, PatchCoreState)
+    return candidate_indices(
+        state, embeddings, num_candidates=state.config.num_candidates
+    )
+
+
+def feature_loss(state: PatchCoreState, embeddings, context) -> jax.Array:
+    """F2PAD eq. 5: :func:`restricted_score` over the initial image's candidates.
+
+    Args:
+      state: a fitted :class:`PatchCoreState`.
+      embeddings: (B, h, w, D) embeddings of the current estimate n.
+      context: (B, h, w, K) candidate indices from :func:`loss_context`.
+
+    Returns:
+      (B, h, w) squared distance of each location to its nearest candidate,
+      differentiable w.r.t. the embeddings.
+    """
+    return restricted_score(state, embeddings, context)
 
 
 METHOD = register(
@@ -572,6 +610,10 @@ METHOD = register(
         embed=embed,
         fit=fit,
         score=score,
+        init=init,
         image_score=image_score,
+        presets=PRESETS,
+        loss_context=loss_context,
+        feature_loss=feature_loss,
     )
 )

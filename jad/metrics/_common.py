@@ -38,9 +38,30 @@ T = TypeVar("T")
 def as_scores(fn: str, name: str, x) -> np.ndarray:
     """Returns ``x`` as a float32 or float64 numpy array, refusing NaN and inf.
 
+    The check every metric runs on its ``scores``/``maps``, public as
+    ``jad.metrics.as_scores`` for code that takes the same inputs (``jad.viz``).
     float16 and bfloat16 are widened to float32 (exactly, so ties are kept). Integer
     and boolean scores are refused (``TypeError``): scores are continuous and an
     integer array is usually a mask passed in the wrong place.
+
+    Args:
+      fn: the caller's name, which error messages start with.
+      name: the argument's name, for the messages.
+      x: floating array of any shape (numpy, JAX, or a nested list).
+
+    Returns:
+      ``x`` as a numpy array of the same shape, float32 or float64 (not copied when
+      it already is one).
+
+    Raises:
+      TypeError: ``x`` is not a floating array.
+      ValueError: ``x`` holds NaN or inf.
+
+    Example:
+      >>> import numpy as np
+      >>> from jad.metrics import as_scores
+      >>> as_scores("my_metric", "maps", np.ones(3, np.float16)).dtype
+      dtype('float32')
     """
     if isinstance(x, (str, bytes)) or x is None:
         raise TypeError(
@@ -71,8 +92,28 @@ def as_scores(fn: str, name: str, x) -> np.ndarray:
 def as_binary(fn: str, name: str, x) -> np.ndarray:
     """Returns ``x`` as a bool numpy array; accepts bool, or numbers that are 0 or 1.
 
+    The check every metric runs on its ``labels``/``masks``, public as
+    ``jad.metrics.as_binary`` for code that takes the same inputs (``jad.viz``).
     Masks read from PNG files are often 0/255: they are refused with a hint rather
     than guessed at.
+
+    Args:
+      fn: the caller's name, which error messages start with.
+      name: the argument's name, for the messages.
+      x: bool, integer or floating array of any shape (numpy, JAX, or a nested
+        list) whose values are 0 or 1.
+
+    Returns:
+      ``x != 0`` as a bool numpy array of the same shape.
+
+    Raises:
+      TypeError: ``x`` is not a bool or numeric array.
+      ValueError: a value other than 0 and 1.
+
+    Example:
+      >>> from jad.metrics import as_binary
+      >>> as_binary("my_metric", "masks", [0, 1, 1]).tolist()
+      [False, True, True]
     """
     if isinstance(x, (str, bytes)) or x is None:
         raise TypeError(

@@ -95,7 +95,7 @@ def iou(
       33.3333
     """
     both, size_pred, size_gt = _counts("iou", pred, gt, reduction)
-    return _reduce(both, size_pred + size_gt - both, reduction)  # eq. 17
+    return _reduce(both, size_pred + size_gt - both, reduction)  # F2PAD eq. 17
 
 
 def dice(
@@ -130,4 +130,4 @@ def dice(
       50.0
     """
     both, size_pred, size_gt = _counts("dice", pred, gt, reduction)
-    return _reduce(2 * both, size_pred + size_gt, reduction)  # eq. 17
+    return _reduce(2 * both, size_pred + size_gt, reduction)  # F2PAD eq. 17

@@ -11,9 +11,9 @@ Algorithm: Batch-OMP (Rubinstein, Zibulevsky, Elad 2008) with a progressive Chol
 factor of the Gram matrix restricted to the support. Per signal, the greedy loop only
 touches K-vectors and a (s, K) table ``B`` of correlations between all atoms and the
 orthonormalised selected atoms, so a batch costs batched matrix-vector products and no
-Python loop. The loop is SGFR's Algorithm 1 (eq. 2-5): select ``j* = argmax x_jᵀe``
-(eq. 3), least squares on the support (eq. 4), update the residual (eq. 5), stop after
-``n_nonzero`` atoms or when ``‖e‖₂ <= tol``.
+Python loop. The loop is SGFR's Algorithm 1 (SGFR eq. 2-5): select
+``j* = argmax x_jᵀe`` (SGFR eq. 3), least squares on the support (SGFR eq. 4), update
+the residual (SGFR eq. 5), stop after ``n_nonzero`` atoms or when ``‖e‖₂ <= tol``.
 
 Conventions: atoms are columns of ``dictionary``; signals are rows (last axis). Shapes:
 m signal dimension, K atoms, s = ``n_nonzero``, ``...`` any leading batch dimensions.
@@ -118,7 +118,7 @@ def _select_one(gram, xy, norm_sq, allowed, n_nonzero, tol, selection):
         # ``bt`` is kept as one block of rows per phase; in phase p only blocks 0..p
         # can be non-zero, so the later ones are not read.
         blocks, lkk, z, support, chosen, alpha, eps, done = carry
-        score = jnp.abs(alpha) if selection == "abs" else alpha  # eq. 3
+        score = jnp.abs(alpha) if selection == "abs" else alpha  # SGFR eq. 3
         avail = allowed & ~chosen
         k = _first_argmax(jnp.where(avail, score, -jnp.inf))
         ws = [block[:, k] for block in blocks[: phase + 1]]  # L⁻¹ G[S, k]
@@ -139,7 +139,7 @@ def _select_one(gram, xy, norm_sq, allowed, n_nonzero, tol, selection):
         z = z.at[n].set(z_new)
         support = support.at[n].set(jnp.where(ok, k, -1).astype(jnp.int32))
         chosen = chosen | ((atoms == k) & ok)
-        alpha = alpha - b_new * z_new  # eq. 4-5 in Gram form
+        alpha = alpha - b_new * z_new  # SGFR eq. 4-5 in Gram form
         eps = eps - z_new**2
         done = done | ~ok | residual_small(eps)
         return tuple(blocks), lkk, z, support, chosen, alpha, eps, done
@@ -362,7 +362,7 @@ def omp(
     """Sparse-codes ``signals`` over ``dictionary`` with Orthogonal Matching Pursuit.
 
     Solves ``min_c ‖y - D c‖₂²  s.t.  ‖c‖₀ <= n_nonzero`` greedily for every signal
-    (SGFR eq. 2, Algorithm 1, eq. 3-5; PSDL's sparse coder): pick the atom most
+    (SGFR eq. 2-5, Algorithm 1; PSDL's sparse coder): pick the atom most
     correlated with the residual, re-fit all selected atoms by least squares, repeat
     until ``n_nonzero`` atoms are chosen or ``‖residual‖₂ <= tol``. Implemented as
     Batch-OMP with a progressive Cholesky factor (Rubinstein, Zibulevsky, Elad 2008).
@@ -502,7 +502,7 @@ def omp_gram(
 ) -> OMPResult:
     """OMP from the Gram matrix ``DᵀD`` and the correlations ``Dᵀy``.
 
-    The same pursuit as :func:`omp` (SGFR Algorithm 1, eq. 2-5; Batch-OMP of
+    The same pursuit as :func:`omp` (SGFR eq. 2-5, Algorithm 1; Batch-OMP of
     Rubinstein et al. 2008) for callers that already hold ``G = DᵀD`` and ``Dᵀy``,
     like scikit-learn's ``orthogonal_mp_gram``: it never touches the m-dimensional
     signals, so its cost does not depend on m.

@@ -183,7 +183,7 @@ def test_efficientnet_lite0_classifies_real_photographs(tmp_path, image, classes
 
 @pytest.fixture(scope="module")
 def lite_variables():
-    return bb.init_variables("efficientnet_lite0", jax.random.key(0))
+    return bb.init_variables("efficientnet_lite0", key=jax.random.key(0))
 
 
 def test_only_requested_levels_are_computed(lite_variables):
@@ -223,7 +223,7 @@ def test_gradients_wrt_images():
     from jax.test_util import check_grads
 
     with jax.enable_x64(True):
-        variables = bb.init_variables("resnet18", jax.random.key(0), image_size=32)
+        variables = bb.init_variables("resnet18", key=jax.random.key(0), image_size=32)
         variables = jax.tree_util.tree_map(
             lambda a: jnp.asarray(a, jnp.float64), variables
         )

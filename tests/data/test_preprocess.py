@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
@@ -11,11 +9,8 @@ from PIL import Image
 from jad import data
 from jad.data import (
     CENTER_CROP_224,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     SQUARE_224,
     Transform,
-    denormalize_imagenet,
     load_image,
     load_mask,
     normalize_imagenet,
@@ -253,34 +248,7 @@ def test_preprocess_image_rejects_bad_arrays_and_float_images():
         preprocess_image(np.zeros((4, 4), np.uint8), transform=(4, 4))
 
 
-# --- normalisation --------------------------------------------------------------------
-
-
-def test_normalize_imagenet_matches_formula_and_round_trips(rng):
-    x = rng.random((2, 5, 4, 3)).astype(np.float32)
-    ref = (x.astype(np.float64) - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]
-    out = normalize_imagenet(x)
-    assert isinstance(out, np.ndarray) and out.dtype == np.float32
-    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6)  # float32 arithmetic
-    np.testing.assert_allclose(denormalize_imagenet(out), x, atol=1e-6)
-    assert normalize_imagenet(x.astype(np.float64)).dtype == np.float64
-    np.testing.assert_array_equal(IMAGENET_MEAN, np.float32([0.485, 0.456, 0.406]))
-    np.testing.assert_array_equal(IMAGENET_STD, np.float32([0.229, 0.224, 0.225]))
-
-
-@pytest.mark.parametrize("transform", [lambda f: f, jax.jit])
-def test_normalize_imagenet_on_jax_arrays(transform, rng):
-    x = jnp.asarray(rng.random((3, 3)).astype(np.float32))
-    out = transform(normalize_imagenet)(x)
-    assert isinstance(out, jax.Array) and out.dtype == jnp.float32
-    np.testing.assert_allclose(out, normalize_imagenet(np.asarray(x)), atol=1e-6)
-
-
-def test_normalize_imagenet_rejects_integers_and_wrong_channels():
-    with pytest.raises(TypeError, match="normalize_imagenet: images"):
-        normalize_imagenet(np.zeros((2, 3), np.uint8))
-    with pytest.raises(ValueError, match=r"\(\.\.\., 3\)"):
-        denormalize_imagenet(np.zeros((2, 4), np.float32))
+# --- normalisation (the functions themselves: tests/ops/test_image.py) ---------------
 
 
 def test_transform_normalize_flag(rgb_file):

@@ -10,9 +10,16 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import NamedTuple
 
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
 import pytest
 
+from jad import io
 from jad.errors import DatasetError
 from jad.io import checkpoint
 
@@ -227,3 +234,75 @@ def test_random_kills_leave_the_old_or_the_new_folder(tmp_path, sig):
         seen.add(_tag(target))  # complete, one tag: never neither, never mixed
         assert sorted(p.name for p in target.parent.iterdir()) == ["out"]
     assert seen  # (both tags usually appear; which one depends on timing)
+
+
+# ------------------------------------------------------------------ pytrees
+
+
+class _Pair(NamedTuple):
+    mean: jax.Array
+    scale: jax.Array
+
+
+@flax.struct.dataclass
+class _State:
+    banks: dict
+    params: dict
+    opt: object
+    config: str = flax.struct.field(pytree_node=False, default="cfg")
+
+
+def _nested_state(scale=1.0):
+    opt = optax.adam(1e-3).init({"w": jnp.ones(3)})
+    return _State(
+        banks={2: _Pair(jnp.arange(6.0).reshape(2, 3) * scale, jnp.ones(())),
+               3: _Pair(jnp.zeros((1, 3)), jnp.full((), 2.0))},
+        params={"Dense_0": {"kernel": jnp.eye(2) * scale}},
+        opt=opt,
+    )
+
+
+def test_a_nested_state_round_trips_into_its_template(tmp_path):
+    state = _nested_state(3.0)
+    io.save_pytree(tmp_path / "s", state)
+    template = jax.eval_shape(lambda: _nested_state())
+    back = io.restore_pytree(tmp_path / "s", template)
+    assert type(back) is _State and back.config == "cfg"
+    assert set(back.banks) == {2, 3} and isinstance(back.banks[2], _Pair)
+    assert jax.tree.structure(back) == jax.tree.structure(state)
+    for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(state), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_restore_lists_what_is_missing_extra_and_misshaped(tmp_path):
+    state = _nested_state()
+    io.save_pytree(tmp_path / "s", state)
+    banks = {2: _Pair(jnp.zeros((4, 3)), jnp.ones(())), 5: state.banks[3]}
+    template = state.replace(banks=banks)
+    with pytest.raises(DatasetError) as err:
+        io.restore_pytree(tmp_path / "s", template)
+    text = str(err.value)
+    assert "missing: banks/5/" in text and "extra: banks/3/" in text
+    assert "banks/2/mean: saved ((2, 3) float32), expected ((4, 3) float32)" in text
+    # paths only: the misshaped leaf passes, the missing one still does not
+    with pytest.raises(DatasetError, match="missing: banks/5/"):
+        io.restore_pytree(tmp_path / "s", template, shapes=False)
+
+
+def test_tree_mismatches_compares_paths_shapes_and_dtypes():
+    a = {"x": np.zeros((2,), np.float32), "y": {"z": np.zeros((1,), np.int32)}}
+    assert io.tree_mismatches(a, a) == []
+    b = {"x": np.zeros((2,), np.float64), "w": np.zeros(())}
+    assert io.tree_mismatches(a, b) == [
+        "extra: y/z ((1,) int32)",
+        "missing: w (() float64)",
+        "x: saved ((2,) float32), expected ((2,) float64)",
+    ]
+    assert io.tree_mismatches(a, b, shapes=False) == [
+        "extra: y/z ((1,) int32)", "missing: w (() float64)"]
+
+
+def test_restore_of_a_folder_that_is_not_a_checkpoint_names_it(tmp_path):
+    (tmp_path / "s").mkdir()
+    with pytest.raises(DatasetError, match="cannot restore the saved arrays"):
+        io.restore_pytree(tmp_path / "s", {"x": np.zeros(2)})

@@ -7,7 +7,8 @@ References:
   level's patches bilinearly resized to the first level's grid *before* pooling,
   per-level ``adaptive_avg_pool1d`` then stacking and a final ``adaptive_avg_pool1d``;
 - embedding, ``"anomalib"``: ``AvgPool2d(3, 1, 1)``, bilinear ``F.interpolate``, concat;
-- coreset: the plain numpy greedy loop (see also ``tests/test_coreset.py``);
+- coreset: the plain numpy greedy loop of ``tests/references.py`` (see also
+  ``tests/methods/test_coreset.py``);
 - scores: scikit-learn ``NearestNeighbors`` and numpy formulas (anomalib's re-weighting,
   F2PAD eq. 5).
 """
@@ -20,6 +21,7 @@ import numpy as np
 import pytest
 from conftest import loosen
 from jax.test_util import check_grads
+from references import official_greedy_np
 from sklearn.neighbors import NearestNeighbors
 
 from jad.methods import PaDiMConfig, padim, patchcore
@@ -166,20 +168,6 @@ def test_official_embed_wrn_closed_form(rng):
     np.testing.assert_allclose(got[0, ..., :512], ref, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize(
-    ("length", "size"),
-    [(144, 1024), (1080, 1024), (10, 3), (7, 7), (2048, 1024), (5, 13)],
-)
-def test_adaptive_avg_pool_matches_torch(rng, length, size):
-    torch = pytest.importorskip("torch")
-    x = rng.standard_normal((3, length)).astype(np.float32)
-    ref = torch.nn.functional.adaptive_avg_pool1d(
-        torch.from_numpy(x.astype(np.float64))[:, None], size
-    )[:, 0].numpy()
-    got = patchcore.adaptive_avg_pool(jnp.asarray(x), size)
-    np.testing.assert_allclose(np.asarray(got), ref, rtol=1e-5, atol=1e-6)
-
-
 @pytest.mark.parametrize(("channels", "grids"), _EMBED_CASES[:3])
 def test_anomalib_embed_matches_torch_reference(rng, channels, grids):
     feats = [
@@ -207,22 +195,6 @@ def test_fit_ratio_one_keeps_every_patch(train_embeddings, preset):
     np.testing.assert_array_equal(
         np.asarray(state.memory_bank), train_embeddings.reshape(-1, 16)
     )
-
-
-def official_greedy_np(points, n_select, starts):
-    """ApproximateGreedyCoresetSampler's loop (as in tests/test_coreset.py)."""
-    points = np.asarray(points, np.float64)
-
-    def dist(i):
-        return np.sqrt(np.sum((points - points[i]) ** 2, axis=-1))
-
-    anchor = np.mean(np.stack([dist(s) for s in starts], axis=1), axis=1)
-    selected = []
-    for _ in range(n_select):
-        idx = int(np.argmax(anchor))
-        selected.append(idx)
-        anchor = np.minimum(anchor, dist(idx))
-    return selected
 
 
 def _rows_in(rows, table):
@@ -600,7 +572,7 @@ def test_fit_with_progress_reports_size_memory_and_a_time_estimate(
     n = int(np.prod(train_embeddings.shape[:-1]))
     assert f"coreset of {n // 2:,} out of {n:,} patches" in err
     assert "GiB" in err and "the coreset will take about" in err
-    assert "--coreset-ratio 0.05" in err and "--num-train" in err
+    assert "--set coreset_ratio=0.05" in err and "--num-train" in err
 
 
 @pytest.mark.parametrize("preset", ["official", "anomalib"])
@@ -677,24 +649,6 @@ def test_non_float_embeddings_are_refused_by_every_scoring_function(tiny_states)
         for name, call in calls.items():
             with pytest.raises(TypeError, match=f"{name}: embeddings must have a"):
                 call(emb)
-
-
-def test_adaptive_avg_pool_validates_x_and_size():
-    x = np.arange(12, dtype=np.float32).reshape(2, 6)
-    np.testing.assert_allclose(patchcore.adaptive_avg_pool(x, 3),
-                               x.reshape(2, 3, 2).mean(-1))
-    for size in (None, 2.0, True, "2"):
-        with pytest.raises(TypeError, match="adaptive_avg_pool: size must be"):
-            patchcore.adaptive_avg_pool(x, size)
-    for size in (0, -1):
-        with pytest.raises(ValueError, match="adaptive_avg_pool: size must be >= 1"):
-            patchcore.adaptive_avg_pool(x, size)
-    with pytest.raises(ValueError, match="x must have at least 1 dimensions"):
-        patchcore.adaptive_avg_pool(np.float32(1.0), 2)
-    with pytest.raises(ValueError, match=r"x must be \(\.\.\., L\) with L >= 1"):
-        patchcore.adaptive_avg_pool(np.ones((2, 0), np.float32), 2)  # was NaN
-    with pytest.raises(TypeError, match="x must have a floating dtype"):
-        patchcore.adaptive_avg_pool(x.astype(np.int32), 3)
 
 
 @pytest.mark.parametrize("preset", ["official", "anomalib"])

@@ -1,10 +1,10 @@
 """Exact k-nearest-neighbour search in bounded memory (chunked over bank and queries).
 
-Every memory-bank method needs ``min_m ||f - m||``: PatchCore's patch score (F2PAD
-eq. 4), its restricted form (eq. 5), SPADE/SGFR's image kNN. The PyTorch tools build the
-full (queries x bank) distance matrix and run out of memory on a real category; here
-the bank is scanned in chunks of ``bank_chunk`` rows with a running top-k, and queries
-are processed ``query_chunk`` at a time, so peak memory is
+Every memory-bank method needs ``min_m ||f - m||``: PatchCore's patch score
+(F2PAD eq. 4), its restricted form (F2PAD eq. 5), SPADE/SGFR's image kNN. The PyTorch
+tools build the full (queries x bank) distance matrix and run out of memory on a real
+category; here the bank is scanned in chunks of ``bank_chunk`` rows with a running
+top-k, and queries are processed ``query_chunk`` at a time, so peak memory is
 ``query_chunk x (bank_chunk + k)`` distances plus ``query_chunk x k x D`` differences,
 whatever the sizes.
 
@@ -138,7 +138,7 @@ def nearest_neighbors(
 
     Example:
       >>> import jax.numpy as jnp
-      >>> from jad.neighbors import nearest_neighbors
+      >>> from jad.ops import nearest_neighbors
       >>> bank = jnp.array([[0.0, 0.0], [3.0, 4.0]])
       >>> dist, idx = nearest_neighbors(jnp.array([[3.0, 3.0]]), bank, 1, squared=False)
       >>> dist.tolist(), idx.tolist()

@@ -66,20 +66,24 @@ def test_fit_checks_its_options_before_reading_data(tmp_path, capsys):
     nowhere = str(tmp_path / "nowhere")
     base = ["fit", "--data", nowhere, "--category", "brick"]
     with pytest.raises(SystemExit) as exc:  # argparse names the flag
-        main([*base, "--method", "padim", "--out", nowhere, "--levels", "a"])
+        main([*base, "--method", "padim", "--out", nowhere, "--set", "levels"])
     assert exc.value.code == 2
-    assert "--levels: expected comma-separated" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as exc:  # before any data is read
-        main([*base, "--method", "padim", "--out", nowhere, "--levels", "2,9"])
-    assert exc.value.code == 2
-    assert "--levels: backbone levels are 0, 1, 2, 3, 4" in capsys.readouterr().err
+    assert "--set: expected FIELD=VALUE" in capsys.readouterr().err
     precious = tmp_path / "precious"
     precious.mkdir()
     (precious / "notes.txt").write_text("keep")
     for extra, message in (
         (["--out", str(precious)], "is not a saved detector"),
-        (["--out", nowhere, "--preset", "anomalib"], "--preset applies to patchcore"),
-        (["--out", nowhere, "--coreset-ratio", "0.5"], "--coreset-ratio applies"),
+        (["--out", nowhere, "--set", "levels=a"], "levels expects tuple[int, ...]"),
+        (
+            ["--out", nowhere, "--set", "levels=2,9"],
+            "backbone levels are 0, 1, 2, 3, 4",
+        ),
+        (["--out", nowhere, "--preset", "anomalib"], "unknown preset for method padim"),
+        (
+            ["--out", nowhere, "--set", "coreset_ratio=0.5"],
+            "PaDiMConfig has no field 'coreset_ratio'",
+        ),
         (["--out", nowhere], "nowhere"),  # only then the data
     ):
         assert main([*base, "--method", "padim", *extra]) == 2
@@ -112,11 +116,15 @@ def test_fit_data_options_name_what_is_missing(tmp_path, capsys):
     (mtd / "MT_Free" / "Imgs").mkdir(parents=True)
     out = str(tmp_path / "out")
     for argv, message in (
-        (["--data", str(mvtec)],
-         "--category is required for --kind mvtec; categories under "
-         f"{mvtec}: bottle, cable."),
-        (["--data", str(mtd)],
-         f"{mtd} holds no mvtec category; it has the layout of --kind mtd"),
+        (
+            ["--data", str(mvtec)],
+            "--category is required for --kind mvtec; categories under "
+            f"{mvtec}: bottle, cable.",
+        ),
+        (
+            ["--data", str(mtd)],
+            f"{mtd} holds no mvtec category; it has the layout of --kind mtd",
+        ),
         (["--data", str(mtd), "--category", "bottle"], "layout of --kind mtd"),
     ):
         assert main(["fit", "--method", "padim", "--out", out, *argv]) == 2
@@ -126,25 +134,31 @@ def test_fit_data_options_name_what_is_missing(tmp_path, capsys):
 
 @pytest.mark.parametrize(
     "flag, value, message",
-    [("--batch-size", "0", "expected an integer >= 1"),
-     ("--workers", "-1", "expected an integer >= 0"),
-     ("--num-train", "0", "expected an integer >= 1"),
-     ("--size", "x", "expected an integer >= 1"),
-     ("--coreset-ratio", "2", r"expected a number in \(0, 1\]"),
-     ("--coreset-ratio", "nan", r"expected a number in \(0, 1\]")],
+    [
+        ("--batch-size", "0", "expected an integer >= 1"),
+        ("--workers", "-1", "expected an integer >= 0"),
+        ("--num-train", "0", "expected an integer >= 1"),
+        ("--size", "x", "expected an integer >= 1"),
+        ("--set", "=2", "expected FIELD=VALUE"),
+    ],
 )
 def test_fit_bad_numbers_name_the_flag(tmp_path, capsys, flag, value, message):
-    base = ["fit", "--method", "patchcore", "--data", str(tmp_path), "--out",
-            str(tmp_path / "o")]
+    base = [
+        "fit",
+        "--method",
+        "patchcore",
+        "--data",
+        str(tmp_path),
+        "--out",
+        str(tmp_path / "o"),
+    ]
     with pytest.raises(SystemExit) as exc:
         main([*base, flag, value])
     assert exc.value.code == 2
     assert re.search(f"argument {flag}: {message}", capsys.readouterr().err)
 
 
-def test_fit_out_errors_have_one_prefix_and_detectors_need_overwrite(
-    tmp_path, capsys
-):
+def test_fit_out_errors_have_one_prefix_and_detectors_need_overwrite(tmp_path, capsys):
     afile = tmp_path / "afile"
     afile.write_text("x")
     base = ["fit", "--method", "padim", "--data", str(tmp_path / "nowhere")]

@@ -1,4 +1,4 @@
-"""jad._xla: per-computation CPU kernel options and their fallbacks."""
+"""jad.backbones._xla: per-computation CPU kernel options and their fallbacks."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jad import _xla
+from jad.backbones import _xla
 
 
 def _net(w, x):

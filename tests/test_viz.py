@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import ast
 import doctest
+import inspect
 import sys
 
 import jax.numpy as jnp
@@ -183,9 +185,7 @@ def test_overlay_with_colorbar_appends_the_bar_of_its_scale(tmp_path):
         out[:, 32:], viz.colorbar(32, vmin=amap.min(), vmax=amap.max())
     )
     fixed = viz.overlay(image, amap, vmin=-1.0, vmax=4.0, colorbar=True)
-    np.testing.assert_array_equal(
-        fixed[:, 32:], viz.colorbar(32, vmin=-1.0, vmax=4.0)
-    )
+    np.testing.assert_array_equal(fixed[:, 32:], viz.colorbar(32, vmin=-1.0, vmax=4.0))
     path = viz.save_overlay(tmp_path / "bar.png", image, amap, mask=mask, colorbar=True)
     np.testing.assert_array_equal(np.asarray(Image.open(path)), out)
 
@@ -230,6 +230,33 @@ def test_plot_points_are_thinned_and_end_at_the_limit():
     x, y = viz._plot_points(curve, 0.3)
     assert x.size <= 4096 and x[0] == 0.0 and x[-1] == pytest.approx(0.3)
     np.testing.assert_allclose(y, np.sqrt(x), atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "max_fpr, error",
+    [(0.0, ValueError), (1.5, ValueError), (np.nan, ValueError), ("0.3", TypeError)],
+)
+def test_save_pro_curve_checks_max_fpr_before_plotting(tmp_path, max_fpr, error):
+    masks = np.zeros((1, 6, 6), bool)
+    masks[0, 1:3, 1:3] = True
+    curve = metrics.pro_curve(np.random.default_rng(3).random((1, 6, 6)), masks)
+    with pytest.raises(error, match="save_pro_curve: max_fpr"):
+        viz.save_pro_curve(tmp_path / "x.png", curve, max_fpr=max_fpr)
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_viz_uses_only_public_names_of_jad_metrics():
+    tree = ast.parse(inspect.getsource(viz))
+    modules = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert not {m for m in modules if m and m.startswith("jad.metrics")}
+    used = {
+        n.attr
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Attribute)
+        and isinstance(n.value, ast.Name)
+        and n.value.id == "metrics"
+    }
+    assert {"as_scores", "as_binary", "PROCurve"} <= used <= set(metrics.__all__)
 
 
 def test_save_pro_curve_without_matplotlib_says_what_to_install(tmp_path, monkeypatch):

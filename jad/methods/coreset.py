@@ -1,4 +1,4 @@
-"""Greedy coreset subsampling (k-center greedy) and the random projections it uses.
+"""Greedy coreset subsampling (k-center greedy), PatchCore's memory-bank reduction.
 
 PatchCore (Roth et al. 2022, Alg. 1) reduces its memory bank to a fraction of the
 training patches by greedy farthest-point selection on randomly projected features:
@@ -12,15 +12,15 @@ are reproduced (amazon-science/patchcore-inspection and anomalib):
   (eps = 0.9; density 1/sqrt(D), entries +-sqrt(1/density)/sqrt(n_components)); one
   random first point, which *is* selected.
 
-The loop runs on device (``lax.fori_loop``, no host synchronisation per point) and
-keeps only the (N,) vector of distances to the selection. Distances are Euclidean,
-computed as ``sqrt(sum((x - c)^2))``.
+Project the points first with :mod:`jad.ops.projections`. The loop runs on device
+(``lax.fori_loop``, no host synchronisation per point) and keeps only the (N,) vector
+of distances to the selection. Distances are Euclidean, computed as
+``sqrt(sum((x - c)^2))``.
 """
 
 from __future__ import annotations
 
 import functools
-import math
 import time
 from collections.abc import Callable
 from typing import NamedTuple
@@ -31,81 +31,7 @@ import numpy as np
 
 from jad import _checks
 
-__all__ = [
-    "CoresetEstimate",
-    "dense_random_projection",
-    "greedy_coreset",
-    "johnson_lindenstrauss_dim",
-    "sparse_random_projection",
-]
-
-
-def johnson_lindenstrauss_dim(n_samples: int, *, eps: float = 0.9) -> int:
-    """scikit-learn's ``johnson_lindenstrauss_min_dim`` (what anomalib projects to).
-
-    Args:
-      n_samples: number of points.
-      eps: distortion, in (0, 1).
-
-    Returns:
-      ``int(4 ln(n) / (eps^2 / 2 - eps^3 / 3))``.
-
-    Raises:
-      ValueError: ``n_samples < 1`` or ``eps`` outside (0, 1).
-    """
-    fn = "johnson_lindenstrauss_dim"
-    n_samples = _checks.check_int(fn, "n_samples", n_samples, low=1)
-    if not 0.0 < float(eps) < 1.0:
-        raise ValueError(f"{fn}: eps must be in (0, 1); got {eps}.")
-    return int(4 * math.log(n_samples) / (eps**2 / 2 - eps**3 / 3))
-
-
-def _check_dims(fn: str, dim_in, dim_out) -> tuple[int, int]:
-    return (
-        _checks.check_int(fn, "dim_in", dim_in, low=1),
-        _checks.check_int(fn, "dim_out", dim_out, low=1),
-    )
-
-
-def dense_random_projection(key: jax.Array, dim_in: int, dim_out: int) -> jax.Array:
-    """(dim_in, dim_out) matrix with entries uniform in +-1/sqrt(dim_in).
-
-    The distribution of PyTorch's default ``nn.Linear(dim_in, dim_out)`` weights, which
-    official PatchCore uses as its projection.
-
-    Args:
-      key: PRNG key.
-      dim_in: input dimension D.
-      dim_out: output dimension (128 in official PatchCore).
-
-    Returns:
-      float32 (dim_in, dim_out) array; project with ``features @ matrix``.
-    """
-    dim_in, dim_out = _check_dims("dense_random_projection", dim_in, dim_out)
-    bound = 1.0 / math.sqrt(dim_in)
-    return jax.random.uniform(key, (dim_in, dim_out), jnp.float32, -bound, bound)
-
-
-def sparse_random_projection(key: jax.Array, dim_in: int, dim_out: int) -> jax.Array:
-    """Achlioptas/Li sparse projection as scikit-learn's ``SparseRandomProjection``.
-
-    Density 1/sqrt(dim_in); non-zero entries are +-sqrt(1/density)/sqrt(dim_out).
-
-    Args:
-      key: PRNG key.
-      dim_in: input dimension D.
-      dim_out: output dimension (anomalib: :func:`johnson_lindenstrauss_dim`).
-
-    Returns:
-      float32 (dim_in, dim_out) array (stored dense).
-    """
-    dim_in, dim_out = _check_dims("sparse_random_projection", dim_in, dim_out)
-    density = 1.0 / math.sqrt(dim_in)
-    k_mask, k_sign = jax.random.split(key)
-    nonzero = jax.random.bernoulli(k_mask, density, (dim_in, dim_out))
-    sign = jnp.where(jax.random.bernoulli(k_sign, 0.5, (dim_in, dim_out)), 1.0, -1.0)
-    scale = math.sqrt(1.0 / density) / math.sqrt(dim_out)
-    return jnp.where(nonzero, sign * scale, 0.0).astype(jnp.float32)
+__all__ = ["CoresetEstimate", "greedy_coreset"]
 
 
 def _distances(points, center):
@@ -223,7 +149,7 @@ def greedy_coreset(
     """Indices of a greedy k-center coreset of ``points`` (already projected).
 
     Args:
-      points: (N, d) float array (project first with one of the projections here).
+      points: (N, d) float array (project first with :mod:`jad.ops.projections`).
       n_select: number of indices to return, 1 <= n_select <= N (static).
       key: PRNG key for the random start (unused when ``starts`` is given).
       variant: ``"official"`` (start from the mean distance to

@@ -1,4 +1,4 @@
-"""Tests of jad.neighbors.nearest_neighbors (chunked exact k-NN).
+"""Tests of jad.ops.neighbors.nearest_neighbors (chunked exact k-NN).
 
 Reference: scikit-learn's brute-force ``NearestNeighbors`` (Euclidean distances and
 indices); squared distances are its distances squared. Points are Gaussian, so ties
@@ -15,7 +15,7 @@ from conftest import loosen
 from jax.test_util import check_grads
 from sklearn.neighbors import NearestNeighbors
 
-from jad.neighbors import nearest_neighbors
+from jad.ops import nearest_neighbors
 
 
 def _sklearn_knn(queries, bank, k):
@@ -284,7 +284,7 @@ def test_low_precision_inputs_rank_in_float32(dtype):
 def test_docstring_example():
     import doctest
 
-    import jad.neighbors
+    import jad.ops.neighbors
 
-    failed, attempted = doctest.testmod(jad.neighbors)
+    failed, attempted = doctest.testmod(jad.ops.neighbors)
     assert attempted > 0 and failed == 0

@@ -1,0 +1,360 @@
+"""The method protocol: properties every registered method inherits by registering.
+
+Parametrised over :func:`jad.methods.list_methods` plus two toy methods registered
+here (``toy_methods.py``): a multi-level one (pytree embeddings, per-level maps, a
+nested state, a calibration hook) and one that reads images (no backbone, extra fit
+inputs, a checkpoint folder). A new method gets every test below by registering.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import toy_methods
+from jax.test_util import check_grads  # noqa: F401  (directional checks below)
+
+import jad.backbones as bb
+import jad.data
+from jad import detector as jdet
+from jad import pipeline
+from jad.methods import base
+
+TOYS = toy_methods.register_toys()
+METHODS = tuple(sorted(set(base.list_methods()) | set(TOYS)))
+BACKBONE = "efficientnet_lite0"
+SIZE = 64
+NUM_TRAIN = 6
+
+
+@pytest.fixture(scope="module")
+def variables():
+    return bb.init_variables(BACKBONE, key=jax.random.key(0), image_size=SIZE)
+
+
+@pytest.fixture(scope="module")
+def images():
+    rng = np.random.default_rng(0)
+    base_image = rng.standard_normal((1, SIZE, SIZE, 3)).astype(np.float32)
+    noise = 0.1 * rng.standard_normal((NUM_TRAIN + 3, SIZE, SIZE, 3))
+    return (base_image + noise).astype(np.float32)
+
+
+def _backbone(method, variables):
+    if base.get_method(method).inputs == "images":
+        return {"backbone": None, "variables": None}
+    return {"backbone": BACKBONE, "variables": variables}
+
+
+def _fit(method, variables, images, tmp_path_factory=None, **options):
+    train = images[:NUM_TRAIN]
+    config = None
+    if method == "patchcore":  # keep every patch: no coreset on a toy set
+        config = base.make_config("patchcore", coreset_ratio=1.0)
+    extra = {}
+    if method == "toy_images":
+        extra["inputs"] = {"textures": np.full((2, 8, 8, 3), 0.25, np.float32)}
+    return pipeline.fit_detector(
+        method, [train[:3], train[3:]], config=config, key=jax.random.key(1),
+        transform=jad.data.Transform(size=SIZE), progress=False,
+        **_backbone(method, variables), **extra, **options,
+    )
+
+
+@pytest.fixture(scope="module")
+def detectors(variables, images):
+    return {method: _fit(method, variables, images) for method in METHODS}
+
+
+def _test_images(images):
+    return jnp.asarray(images[NUM_TRAIN:])
+
+
+def _embed(detector, x):
+    spec = base.get_method(detector.method)
+    return jdet._embed(spec, detector.config, detector.backbone,
+                       detector.variables, x)
+
+
+# ---------------------------------------------------------------- every method
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_jit_equals_no_jit(detectors, images, method):
+    detector, x = detectors[method], _test_images(images)
+    maps, scores = jdet.anomaly_maps(detector, x)
+    with jax.disable_jit():
+        maps_eager, scores_eager = jdet._anomaly_maps(detector, x)
+    scale = float(jnp.max(jnp.abs(maps_eager))) + 1e-12
+    # float32 with other fusion orders: 1e-4 relative to the map's scale
+    np.testing.assert_allclose(maps, maps_eager, atol=1e-4 * scale, rtol=1e-4)
+    np.testing.assert_allclose(scores, scores_eager, rtol=1e-4, atol=1e-4 * scale)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_vmap_equals_loop(detectors, images, method):
+    detector, x = detectors[method], _test_images(images)
+    batched = jax.vmap(lambda one: jdet.anomaly_maps(detector, one[None]))(x)
+    for i in range(x.shape[0]):
+        maps, scores = jdet.anomaly_maps(detector, x[i : i + 1])
+        np.testing.assert_allclose(batched[0][i], maps, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(batched[1][i], scores, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_image_score_gradient_is_finite_and_not_zero(detectors, images, method):
+    detector, x = detectors[method], _test_images(images)[:1]
+    grad = jax.grad(lambda im: jdet.anomaly_maps(detector, im)[1].sum())(x)
+    assert grad.shape == x.shape
+    assert bool(jnp.all(jnp.isfinite(grad))) and float(jnp.abs(grad).max()) > 0
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_feature_loss_is_differentiable_wrt_the_images(detectors, images, method):
+    detector, x = detectors[method], _test_images(images)[:1]
+    context = jdet.loss_context(detector, x)
+    loss = jdet.feature_loss(detector, x + 0.05, context)
+    for leaf in jax.tree.leaves(loss):
+        assert leaf.shape[0] == 1 and leaf.ndim == 3
+        assert bool(jnp.all(jnp.isfinite(leaf)))
+
+    def total(im):
+        return sum(jnp.sum(m) for m in
+                   jax.tree.leaves(jdet.feature_loss(detector, im, context)))
+
+    grad = jax.grad(total)(x + 0.05)
+    assert bool(jnp.all(jnp.isfinite(grad))) and float(jnp.abs(grad).max()) > 0
+    # a directional finite difference agrees with the gradient (float32: 5 %)
+    direction = jax.random.normal(jax.random.key(3), x.shape)
+    direction = direction / jnp.linalg.norm(direction)
+    eps = 1e-2
+    numeric = (total(x + 0.05 + eps * direction)
+               - total(x + 0.05 - eps * direction)) / (2 * eps)
+    analytic = jnp.vdot(grad, direction)
+    np.testing.assert_allclose(analytic, numeric, rtol=0.05,
+                               atol=1e-3 * abs(float(numeric)) + 1e-6)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_save_load_round_trip_gives_identical_maps(
+    detectors, images, variables, tmp_path, method
+):
+    detector, x = detectors[method], _test_images(images)
+    folder = pipeline.save_detector(detector, tmp_path / "d")
+    loaded = pipeline.load_detector(
+        folder, variables=None if detector.variables is None else variables
+    )
+    assert loaded.config == detector.config
+    assert loaded.transform == detector.transform == jad.data.Transform(size=SIZE)
+    assert loaded.num_train == NUM_TRAIN
+    assert jax.tree.structure(loaded.state) == jax.tree.structure(detector.state)
+    for a, b in zip(jax.tree.leaves(loaded.state), jax.tree.leaves(detector.state),
+                    strict=True):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(jdet.anomaly_maps(loaded, x), jdet.anomaly_maps(detector, x),
+                    strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_state_of_another_method_is_refused(detectors, images, method):
+    detector = detectors[method]
+    other = next(m for m in METHODS if m != method)
+    spec = base.get_method(method)
+    emb = _embed(detector, _test_images(images))
+    with pytest.raises((TypeError, ValueError), match="state"):
+        spec.score(detectors[other].state, emb)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_score_shapes(detectors, images, method):
+    detector, x = detectors[method], _test_images(images)
+    spec = base.get_method(method)
+    patch_maps = spec.score(detector.state, _embed(detector, x))
+    for leaf in jax.tree.leaves(patch_maps):
+        assert leaf.ndim == 3 and leaf.shape[0] == x.shape[0]
+        assert jnp.issubdtype(leaf.dtype, jnp.floating)
+    maps, scores = jdet.anomaly_maps(detector, x)
+    assert maps.shape == (x.shape[0], SIZE, SIZE) and scores.shape == (x.shape[0],)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_second_call_with_the_same_shapes_does_not_recompile(
+    detectors, images, method, caplog
+):
+    detector, x = detectors[method], _test_images(images)
+    jax.block_until_ready(jdet.anomaly_maps(detector, x))  # compiled here
+    other = jax.block_until_ready(x + 1.0)
+    with jax.log_compiles(True), caplog.at_level(logging.WARNING):
+        caplog.clear()
+        jax.block_until_ready(jdet.anomaly_maps(detector, other))
+        # a detector rebuilt from its parts (same static facts) is the same program
+        same = dataclasses.replace(detector)
+        jax.block_until_ready(jdet.anomaly_maps(same, x))
+    compiles = [r.getMessage() for r in caplog.records if "ompil" in r.getMessage()]
+    assert not compiles, compiles
+    # ...and the log does record a compilation when the shapes change
+    pair = jax.block_until_ready(x[:2])  # a batch size no other test uses
+    with jax.log_compiles(True), caplog.at_level(logging.WARNING):
+        caplog.clear()
+        jax.block_until_ready(jdet.anomaly_maps(detector, pair))
+    assert any("Compiling jit(_anomaly_maps)" in r.getMessage()
+               for r in caplog.records), [r.getMessage() for r in caplog.records]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_config_round_trips_through_json(detectors, method):
+    config = detectors[method].config
+    text = json.dumps(dataclasses.asdict(config))
+    back = pipeline._config_from_json(type(config), json.loads(text), "x.json")
+    assert back == config and hash(back) == hash(config)
+    for name, preset in base.get_method(method).presets.items():
+        values = json.loads(json.dumps(dataclasses.asdict(preset)))
+        assert pipeline._config_from_json(type(preset), values, name) == preset
+
+
+# ---------------------------------------------------------------- the toys
+
+
+@pytest.mark.parametrize(
+    "post",
+    [dict(combine="mean"), dict(combine="sum"), dict(combine="max"),
+     dict(combine="mean", align_corners=True), dict(upsample="bicubic", sigma=0.0),
+     dict(upsample="nearest", combine="sum", sigma=2.0)],
+)
+def test_per_level_maps_are_upsampled_once_then_combined_then_blurred(
+    detectors, images, post
+):
+    detector = detectors["toy_levels"]
+    config = dataclasses.replace(detector.config, **post)
+    detector = detector.replace(state=detector.state.replace(config=config))
+    x = _test_images(images)
+    features = bb.extract_features(BACKBONE, detector.variables, x, config.levels)
+    expected = toy_methods.numpy_levels_maps(detector.state, features, (SIZE, SIZE),
+                                             config)
+    maps, scores = jdet.anomaly_maps(detector, x)
+    scale = float(np.abs(expected).max())
+    np.testing.assert_allclose(maps, expected, rtol=1e-4, atol=1e-5 * scale)
+    np.testing.assert_allclose(scores, expected.max(axis=(1, 2)), rtol=1e-4,
+                               atol=1e-5 * scale)
+
+
+def test_upsampling_each_level_once_differs_from_upsampling_twice(
+    detectors, images
+):
+    # The coarse level upsampled to the fine grid and then to the image is not the
+    # same map: the protocol must resize each level once, straight to the image.
+    detector = detectors["toy_levels"]
+    x = _test_images(images)
+    patch = base.get_method("toy_levels").score(detector.state, _embed(detector, x))
+    fine, coarse = patch[1], patch[2]
+    once = base.postprocess((fine, coarse), (SIZE, SIZE), sigma=0.0)
+    from jad import ops
+
+    twice_coarse = ops.resize(ops.resize(coarse, fine.shape[1:]), (SIZE, SIZE))
+    twice = (ops.resize(fine, (SIZE, SIZE)) + twice_coarse) / 2
+    assert float(jnp.max(jnp.abs(once - twice))) > 1e-3 * float(jnp.max(once))
+
+
+def test_calibration_hook_sees_the_training_maps(detectors, images):
+    detector = detectors["toy_levels"]
+    train = jnp.asarray(images[:NUM_TRAIN])
+    maps, _ = jdet.anomaly_maps(detector, train)
+    # calibrate divided the maps by their largest training value
+    np.testing.assert_allclose(float(maps.max()), 1.0, rtol=1e-5)
+
+
+def test_image_method_has_no_backbone_and_sums_the_final_map(detectors, images):
+    detector = detectors["toy_images"]
+    assert detector.backbone is None and detector.variables is None
+    x = _test_images(images)
+    maps, scores = jdet.anomaly_maps(detector, x)
+    np.testing.assert_allclose(scores, np.asarray(maps).sum(axis=(1, 2)), rtol=1e-5)
+    # the extra fit input reached fit
+    np.testing.assert_allclose(float(detector.state.texture_mean), 0.25)
+
+
+def test_image_method_refuses_a_backbone_and_feature_methods_need_one(
+    variables, images
+):
+    with pytest.raises(ValueError, match="reads images"):
+        pipeline.fit_detector("toy_images", [images[:2]], backbone=BACKBONE,
+                              variables=variables, key=jax.random.key(0))
+    with pytest.raises(ValueError, match="backbone and variables are required"):
+        pipeline.fit_detector("toy_levels", [images[:2]], key=jax.random.key(0))
+    with pytest.raises(ValueError, match="takes no input"):
+        pipeline.fit_detector("toy_levels", [images[:2]], backbone=BACKBONE,
+                              variables=variables, key=jax.random.key(0),
+                              inputs={"textures": images})
+    with pytest.raises(ValueError, match="does not train"):
+        pipeline.fit_detector("toy_levels", [images[:2]], backbone=BACKBONE,
+                              variables=variables, key=jax.random.key(0),
+                              checkpoint_dir="x")
+
+
+def test_a_training_method_resumes_from_its_checkpoint_folder(
+    images, tmp_path
+):
+    first = _fit("toy_images", None, images, checkpoint_dir=tmp_path / "ckpt")
+    # a second fit on other images finds the finished run and resumes it
+    second = _fit("toy_images", None, images[::-1].copy(),
+                  checkpoint_dir=tmp_path / "ckpt")
+    np.testing.assert_array_equal(first.state.mean, second.state.mean)
+    fresh = _fit("toy_images", None, images[::-1].copy())
+    assert not np.array_equal(fresh.state.mean, first.state.mean)
+
+
+def test_a_restored_state_that_does_not_fit_the_template_lists_the_differences(
+    detectors, variables, tmp_path
+):
+    detector = detectors["toy_levels"]
+    stats = dict(detector.state.stats)
+    del stats[2]
+    broken = detector.replace(state=detector.state.replace(stats=stats))
+    folder = pipeline.save_detector(broken, tmp_path / "d")
+    with pytest.raises(jad.errors.DatasetError, match=r"missing: stats/2/"):
+        pipeline.load_detector(folder, variables=variables)
+
+
+# ---------------------------------------------------------------- CLI round trip
+
+
+@pytest.fixture(scope="module")
+def builtin_root(tmp_path_factory):
+    return jad.data.builtin_dataset(
+        root=tmp_path_factory.mktemp("builtin"), category="brick", size=SIZE,
+        num_train=6, num_test_good=3, num_test_defect=3,
+    )
+
+
+@pytest.mark.parametrize("method", TOYS)
+def test_cli_fit_evaluate_predict_round_trip(
+    builtin_root, tmp_path, method, monkeypatch
+):
+    from jad.cli.main import main
+
+    monkeypatch.setenv("JAD_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "det"
+    extra = ["--set", "groups=[[1],[0,2]]"] if method == "toy_levels" else []
+    assert main(["fit", "--method", method, "--data", str(builtin_root),
+                 "--category", "brick", "--size", str(SIZE), "--out", str(out),
+                 "--holdout", "0", *extra]) == 0
+    loaded = pipeline.load_detector(out)
+    assert loaded.transform == jad.data.Transform(size=SIZE)
+    if method == "toy_levels":
+        assert loaded.config.groups == ((1,), (0, 2))
+    else:
+        assert loaded.backbone is None
+    report = tmp_path / "metrics.json"
+    assert main(["evaluate", "--state", str(out), "--json", str(report)]) == 0
+    metrics = json.loads(report.read_text())
+    assert 0.0 <= metrics["image_auroc"] <= 1.0 and metrics["num_images"] == 12
+    image = next((builtin_root / "brick" / "test").rglob("*.png"))
+    assert main(["predict", "--state", str(out), str(image),
+                 "--out", str(tmp_path / "pred")]) == 0
+    assert (tmp_path / "pred" / "predictions.json").is_file()
