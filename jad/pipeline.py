@@ -157,12 +157,12 @@ def _gather(stream, num_batches: int | None):
     return treedef.unflatten(gathered)
 
 
-def _check_backbone(fn: str, spec, backbone, variables):
+def _check_backbone(fn: str, spec, backbone, variables, weights=None):
     if spec.inputs == "images":
-        if backbone is not None or variables is not None:
+        if backbone is not None or variables is not None or weights is not None:
             raise ValueError(
                 f"{fn}: method {spec.name!r} reads images, not backbone features; "
-                "pass backbone=None and variables=None."
+                "pass backbone=None, variables=None and weights=None."
             )
         return
     if backbone is None or variables is None:
@@ -235,7 +235,7 @@ def fit_detector(
     """
     fn = "fit_detector"
     spec = get_method(method)
-    _check_backbone(fn, spec, backbone, variables)
+    _check_backbone(fn, spec, backbone, variables, weights)
     if config is None:
         config = spec.config_type()
     if not isinstance(config, spec.config_type):
@@ -260,6 +260,9 @@ def fit_detector(
             f"{fn}: method {method!r} takes no input(s) {', '.join(unknown)}; its "
             f"fit takes {', '.join(spec.fit_inputs) or 'none'}."
         )
+    for name, value in extra.items():  # refused before any image is read
+        extra[name] = _checks.as_float_array(fn, f"inputs[{name!r}]", value)
+        _checks.check_finite(fn, f"inputs[{name!r}]", extra[name])
     if checkpoint_dir is not None:
         if not spec.trains:
             raise ValueError(
@@ -273,7 +276,7 @@ def fit_detector(
     start = time.perf_counter()
     embeddings = None
     with contextlib.closing(stream):
-        if spec.fit_batches is not None and spec.calibrate is None:
+        if spec.fit_batches is not None and spec.calibrate is None and not extra:
             # Statistics that are sums: each batch is merged as it comes, so the
             # memory does not grow with the number of images.
             state = spec.fit_batches(config, stream, key=key, progress=progress,
@@ -573,8 +576,9 @@ def _read_meta(directory: Path) -> dict:
             raise bad("backbone", f"null (method {meta['method']!r} reads images)")
     elif meta["backbone"] not in bb.list_backbones():
         raise bad("backbone", f"one of {', '.join(map(repr, bb.list_backbones()))}")
-    if version >= 3 and not (type(meta["num_train"]) is int and meta["num_train"] >= 1):
-        raise bad("num_train", "a positive integer")
+    if version >= 3 and not (meta["num_train"] is None or (
+            type(meta["num_train"]) is int and meta["num_train"] >= 1)):
+        raise bad("num_train", "null or a positive integer")
     _transform_from_json(meta.get("transform"), source)
     if not (meta.get("weights") is None or isinstance(meta["weights"], str)):
         raise bad("weights", "null or a path")
@@ -666,10 +670,16 @@ def check_output_folder(fn: str, directory, *, overwrite: bool = False) -> Path:
     return directory
 
 
-def _check_state_finite(fn: str, state) -> None:
+def _floating_leaves(state):
+    """(name, leaf) of the state's floating leaves (not PRNG keys, counters)."""
     for path, leaf in jax.tree_util.tree_leaves_with_path(state):
-        name = jax.tree_util.keystr(path).lstrip(".")
-        _checks.check_finite(fn, f"the state's {name}", np.asarray(leaf))
+        if jnp.issubdtype(getattr(leaf, "dtype", np.dtype(object)), jnp.floating):
+            yield jax.tree_util.keystr(path).lstrip("."), leaf
+
+
+def _check_state_finite(fn: str, state) -> None:
+    for name, leaf in _floating_leaves(state):
+        _checks.check_finite(fn, f"the state's {name}", leaf)
 
 
 def save_detector(
@@ -710,11 +720,6 @@ def save_detector(
     fn = "save_detector"
     directory = check_output_folder(fn, directory, overwrite=overwrite)
     _check_state_finite(fn, detector.state)
-    if not detector.num_train >= 1:
-        raise ValueError(
-            f"{fn}: the detector's num_train (training images) must be >= 1; got "
-            f"{detector.num_train} (set it with dataclasses.replace)."
-        )
     meta = {
         "format_version": _FORMAT_VERSION,
         "method": detector.method,
@@ -726,7 +731,8 @@ def save_detector(
         "config": dataclasses.asdict(detector.config),
         "metadata": metadata or {},
         "transform": _transform_to_json(detector.transform),
-        "num_train": int(detector.num_train),
+        # unknown (0) for a detector restored from format 1: shapes then unchecked
+        "num_train": int(detector.num_train) or None,
     }
     try:  # JSON-normalised (tuples become lists), so the digests match at loading
         meta = json.loads(json.dumps(meta))
@@ -839,6 +845,11 @@ def load_detector(
         io_checkpoint.verify_digests(state_dir, meta["files"], source=source)
     elif not state_dir.is_dir():
         raise DatasetError(f"{state_dir} is missing: the saved folder is incomplete.")
+    if spec.inputs == "images" and variables is not None:
+        raise ValueError(
+            f"load_detector: method {method!r} reads images and has no backbone; "
+            "variables must be None."
+        )
     if spec.inputs == "features" and variables is None:
         variables = bb.load_pretrained(
             backbone, weights=meta.get("weights"), cache_dir=cache_dir, progress=False
@@ -855,27 +866,28 @@ def load_detector(
                 "wrong. Pass the same weights, or check_weights=False to use these "
                 "anyway."
             )
-    if spec.inputs == "images":
-        variables = None
     image_size = tuple(meta["image_size"])
-    num_train = meta.get("num_train")  # format 3; older formats: paths checked only
+    num_train = meta.get("num_train")
+    recorded_meta = meta.get("metadata", {})
+    if meta["format_version"] < 3 and type(recorded_meta.get("num_train")) is int:
+        num_train = recorded_meta["num_train"]  # jad fit kept it in the metadata
+    # unknown (format 1, or 2 saved through the API): the paths are checked only
     with _variables_fit("load_detector", backbone):
         template = _state_template(spec, config, backbone, variables, image_size,
                                    num_train or 1, source)
     state = io_checkpoint.restore_pytree(state_dir, template,
                                          shapes=num_train is not None)
-    for path, leaf in jax.tree_util.tree_leaves_with_path(state):
+    for name, leaf in _floating_leaves(state):
         try:
             _checks.check_finite("load_detector", "state", leaf)
         except ValueError:
             raise DatasetError(
-                f"{state_dir}: the state's {jax.tree_util.keystr(path).lstrip('.')} "
-                "holds NaN or inf."
+                f"{state_dir}: the state's {name} holds NaN or inf."
             ) from None
     transform = _transform_from_json(meta.get("transform"), source)
-    if transform is None and "transform" in meta.get("metadata", {}):
-        # Format 2: jad fit kept the preprocessing in the metadata.
-        transform = _transform_from_json(meta["metadata"]["transform"], source)
+    if meta["format_version"] < 3 and "transform" in recorded_meta:
+        # Formats 1 and 2: jad fit kept the preprocessing in the metadata.
+        transform = _transform_from_json(recorded_meta["transform"], source)
     detector = Detector(
         variables=variables, state=state, method=method, backbone=backbone,
         image_size=image_size, weights=meta.get("weights"), transform=transform,

@@ -108,7 +108,8 @@ def field_assignment(text: str) -> str:
     name, sep, _ = text.partition("=")
     if not sep or not name.strip():
         raise argparse.ArgumentTypeError(
-            f"expected FIELD=VALUE such as levels=2,3; got {text!r}"
+            f"expected NAME=VALUE (--set levels=2,3, --input textures=DIR); got "
+            f"{text!r}"
         )
     return text
 
@@ -233,7 +234,7 @@ def parse_overrides(config_type: type, items) -> dict[str, Any]:
         field's type (see :func:`parse_value`).
 
     Returns:
-      Dict field -> value, for ``make_config(method, preset=preset, **overrides)``.
+      Dict field -> value, for ``make_config(method, preset, **overrides)``.
 
     Raises:
       ValueError: a word without ``=``, an unknown field (the message lists the
@@ -252,7 +253,7 @@ def parse_overrides(config_type: type, items) -> dict[str, Any]:
         name, sep, text = item.partition("=")
         name = name.strip()
         if not sep or not name:
-            raise ValueError(f"--set {item}: expected FIELD=VALUE such as levels=2,3.")
+            raise ValueError(f"--set {item}: expected NAME=VALUE such as levels=2,3.")
         if name not in fields:
             raise ValueError(
                 f"--set {item}: {config_type.__name__} has no field {name!r}; its "
@@ -278,7 +279,7 @@ def build_config(method: str, *, preset: str | None = None, overrides=()):
       overrides: ``"FIELD=VALUE"`` strings (see :func:`parse_overrides`).
 
     Returns:
-      ``jad.methods.base.make_config(method, preset=preset, **parsed overrides)``.
+      ``jad.methods.base.make_config(method, preset, **parsed overrides)``.
 
     Raises:
       ValueError: unknown method or preset (the message lists the method's
@@ -297,7 +298,7 @@ def build_config(method: str, *, preset: str | None = None, overrides=()):
             "(see jad methods)."
         )
     values = parse_overrides(spec.config_type, overrides)
-    return make_config(method, preset=preset, **values)
+    return make_config(method, preset, **values)
 
 
 def _check_supported(hint) -> None:

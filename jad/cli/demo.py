@@ -59,7 +59,9 @@ def run(args: argparse.Namespace) -> int:
     test = data.load_dataset("mvtec", root, args.category, "test",
                              transform=transform)
     backbone = "efficientnet_lite0"
-    variables = bb.load_pretrained(backbone)
+    # loaded only when a method reads backbone features
+    needs_backbone = any(get_method(m).inputs == "features" for m in methods)
+    variables = bb.load_pretrained(backbone) if needs_backbone else None
     out = Path(args.out)
     rows = []
     for method in methods:

@@ -111,8 +111,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if args.overlays and Path(args.overlays).is_file():
         raise ValueError(f"--overlays must be a folder; {args.overlays} is a file.")
     detector = pipeline.load_detector(args.state)
-    # the preprocessing recorded with the detector (jad 0.1: the default)
-    transform = detector.transform or data.Transform()
+    # the preprocessing recorded with the detector (unrecorded: resize to its size)
+    transform = detector.transform or data.Transform(size=detector.image_size)
     test = open_split(args, "test", transform)
     result = evaluation.evaluate(detector, test, batch_size=args.batch_size,
                                  num_workers=args.workers,

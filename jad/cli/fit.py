@@ -7,6 +7,7 @@ import dataclasses
 import os
 
 import jax
+import numpy as np
 
 from jad import backbones as bb
 from jad import data, pipeline
@@ -30,9 +31,10 @@ def add_fit_arguments(parser: argparse.ArgumentParser) -> None:
     add_data_arguments(parser, required=True)
     parser.add_argument(
         "--backbone",
-        default=DEFAULT_BACKBONE,
+        default=None,
         choices=bb.list_backbones(),
-        help="ImageNet backbone",
+        help=f"ImageNet backbone (default: {DEFAULT_BACKBONE}; none for a method "
+        "that reads images)",
     )
     parser.add_argument(
         "--weights",
@@ -41,6 +43,17 @@ def add_fit_arguments(parser: argparse.ArgumentParser) -> None:
         "pretrained weights",
     )
     parser.add_argument("--out", required=True, help="folder for the fitted detector")
+    parser.add_argument(
+        "--input",
+        dest="inputs",
+        action="append",
+        default=None,
+        type=field_assignment,
+        metavar="NAME=DIR",
+        help="an extra input of the method's fit (jad methods lists them, e.g. "
+        "PAE's textures=DIR): the images of DIR, sorted by name, resized as "
+        "--size/--crop say (repeat for several)",
+    )
     parser.add_argument(
         "--overwrite",
         action="store_true",
@@ -119,17 +132,21 @@ def run_fit(args: argparse.Namespace) -> int:
     transform = data.Transform(size=args.size, crop=args.crop)
     train = open_split(args, "train", transform, args.num_train)
     train, held_out = _split_holdout(train, args.holdout)
-    if get_method(args.method).inputs == "images":  # no backbone (e.g. PAE)
-        if args.weights is not None:
-            raise ValueError(
-                f"--weights: method {args.method} reads images, not backbone "
-                "features; it has no backbone weights."
-            )
+    spec = get_method(args.method)
+    inputs = _read_inputs(spec, args.inputs or (), transform)
+    if spec.inputs == "images":  # no backbone (e.g. PAE)
+        for flag, value in (("--backbone", args.backbone), ("--weights", args.weights)):
+            if value is not None:
+                raise ValueError(
+                    f"{flag}: method {args.method} reads images, not backbone "
+                    "features; it has no backbone."
+                )
         backbone = {"backbone": None, "variables": None, "weights": None}
     else:
+        name = args.backbone or DEFAULT_BACKBONE
         backbone = {
-            "backbone": args.backbone,
-            "variables": bb.load_pretrained(args.backbone, weights=args.weights),
+            "backbone": name,
+            "variables": bb.load_pretrained(name, weights=args.weights),
             # A file is recorded by absolute path; a tag ("IMAGENET1K_V2") as given.
             "weights": (
                 os.path.abspath(args.weights)
@@ -143,6 +160,9 @@ def run_fit(args: argparse.Namespace) -> int:
         config=config,
         key=jax.random.key(args.seed),
         transform=transform,
+        inputs=inputs,
+        # a method that trains checkpoints beside --out, and resumes from there
+        checkpoint_dir=checkpoint_folder(args.out) if spec.trains else None,
         **backbone,
     )
     if held_out is None:
@@ -242,3 +262,45 @@ def _split_holdout(train, fraction: float):
         dataclasses.replace(train, samples=keep),
         dataclasses.replace(train, samples=held),
     )
+
+
+def checkpoint_folder(out) -> str:
+    """Where ``jad fit --out OUT`` keeps a training method's checkpoints.
+
+    ``OUT.train`` beside the detector's folder: a fit that is interrupted and run
+    again with the same ``--out`` resumes from it.
+
+    Args:
+      out: the ``--out`` folder.
+
+    Returns:
+      The checkpoint folder's absolute path.
+    """
+    return os.path.abspath(str(out).rstrip("/\\") + ".train")
+
+
+def _read_inputs(spec, items, transform) -> dict:
+    """``--input NAME=DIR`` as arrays: the images of each DIR, checked first."""
+    inputs = {}
+    for item in items:
+        name, folder = item.split("=", 1)
+        if name not in spec.fit_inputs:
+            raise ValueError(
+                f"--input {item}: method {spec.name} takes "
+                f"{', '.join(spec.fit_inputs) or 'no extra input'}."
+            )
+        if name in inputs:
+            raise ValueError(f"--input {name} is given twice.")
+        if not os.path.isdir(folder):
+            raise ValueError(f"--input {item}: {folder} is not a folder.")
+        files = sorted(
+            p for p in os.listdir(folder)
+            if os.path.splitext(p)[1].lower() in data.IMAGE_EXTENSIONS
+        )
+        if not files:
+            raise ValueError(f"--input {item}: {folder} holds no image.")
+        inputs[name] = np.stack([
+            data.load_image(os.path.join(folder, f), transform=transform)
+            for f in files
+        ])
+    return inputs

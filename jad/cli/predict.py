@@ -44,8 +44,8 @@ def run_predict(args: argparse.Namespace) -> int:
     if threshold is None and calibration is not None:
         threshold = calibration.threshold
     detector = pipeline.load_detector(args.state)
-    # the preprocessing recorded with the detector (jad 0.1: the default)
-    transform = detector.transform or data.Transform()
+    # the preprocessing recorded with the detector (unrecorded: resize to its size)
+    transform = detector.transform or data.Transform(size=detector.image_size)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = {}

@@ -42,6 +42,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 
 from jad.errors import DatasetError
@@ -292,6 +293,13 @@ def _flat(tree) -> dict[str, Any]:
     return flax.traverse_util.flatten_dict(state, sep="/")
 
 
+def _dtype(leaf) -> str:
+    """The leaf's dtype as text (PRNG key dtypes are no numpy dtypes)."""
+    dtype = getattr(leaf, "dtype", None)
+    return type(leaf).__name__ if dtype is None else str(np.dtype(dtype)) if (
+        not jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)) else str(dtype)
+
+
 def _describe(leaf) -> str:
     shape = tuple(getattr(leaf, "shape", ()))
     dtype = getattr(leaf, "dtype", type(leaf).__name__)
@@ -323,8 +331,7 @@ def tree_mismatches(found, template, *, shapes: bool = True) -> list[str]:
         for path in have.keys() & want.keys():
             a, b = have[path], want[path]
             if (tuple(getattr(a, "shape", ())) != tuple(getattr(b, "shape", ()))
-                    or np.dtype(getattr(a, "dtype", type(a)))
-                    != np.dtype(getattr(b, "dtype", type(b)))):
+                    or _dtype(a) != _dtype(b)):
                 lines.append(f"{path}: saved ({_describe(a)}), expected "
                              f"({_describe(b)})")
     return sorted(lines)

@@ -133,7 +133,8 @@ def register(method: Method) -> Method:
       ``method`` unchanged.
 
     Raises:
-      ValueError: ``inputs`` not ``"features"`` or ``"images"``, a preset that is
+      ValueError: ``inputs`` not ``"features"`` or ``"images"``, a features
+        method without ``embed`` or a ``levels`` config field, a preset that is
         not a ``config_type``, or presets whose first one is not the default config.
       TypeError: a required function missing.
     """
@@ -142,6 +143,14 @@ def register(method: Method) -> Method:
     for name in ("fit", "score", "init"):
         if not callable(getattr(method, name)):
             raise TypeError(f"{fn}: method {method.name!r} needs a callable {name}.")
+    fields = {f.name for f in dataclasses.fields(method.config_type)}
+    if method.inputs == "features" and not (
+        callable(method.embed) and "levels" in fields
+    ):
+        raise ValueError(
+            f"{fn}: method {method.name!r} reads backbone features: it needs an "
+            "embed function and a config field levels (the backbone levels)."
+        )
     for name, config in method.presets.items():
         if not isinstance(config, method.config_type):
             raise ValueError(
@@ -170,13 +179,15 @@ def unregister(name: str) -> None:
     del _REGISTRY[name]
 
 
-def make_config(method: str, *, preset: str | None = None, **overrides):
+def make_config(method: str, preset: str | None = None, /, **overrides):
     """A method's config: a named preset with some fields replaced.
 
     Args:
       method: a name from :func:`list_methods`.
       preset: one of the method's presets (``get_method(method).presets``);
-        ``None``: its default config.
+        ``None``: its default config. Positional-only, so that a config field
+        of the same name (PatchCore's ``preset``, which selects the aggregation
+        only) can be overridden.
       **overrides: config fields to change (validated by the config class).
 
     Returns:
@@ -187,7 +198,7 @@ def make_config(method: str, *, preset: str | None = None, **overrides):
         or a field value the config refuses. TypeError: an unknown field name.
 
     Example:
-      >>> make_config("patchcore", preset="anomalib", coreset_ratio=0.01).num_neighbors
+      >>> make_config("patchcore", "anomalib", coreset_ratio=0.01).num_neighbors
       9
     """
     spec = get_method(method)

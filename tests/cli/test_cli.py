@@ -68,7 +68,7 @@ def test_fit_checks_its_options_before_reading_data(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:  # argparse names the flag
         main([*base, "--method", "padim", "--out", nowhere, "--set", "levels"])
     assert exc.value.code == 2
-    assert "--set: expected FIELD=VALUE" in capsys.readouterr().err
+    assert "--set: expected NAME=VALUE" in capsys.readouterr().err
     precious = tmp_path / "precious"
     precious.mkdir()
     (precious / "notes.txt").write_text("keep")
@@ -103,7 +103,7 @@ def test_predict_refuses_missing_images_before_writing(tmp_path, capsys):
 
 def test_module_entry_point_and_help_without_none_defaults():
     out = _help("jad.cli", "fit")
-    assert "--method" in out and "(default: efficientnet_lite0)" in out
+    assert "--method" in out and "(default: efficientnet_lite0" in out
     assert "(default: None)" not in out
 
 
@@ -139,7 +139,7 @@ def test_fit_data_options_name_what_is_missing(tmp_path, capsys):
         ("--workers", "-1", "expected an integer >= 0"),
         ("--num-train", "0", "expected an integer >= 1"),
         ("--size", "x", "expected an integer >= 1"),
-        ("--set", "=2", "expected FIELD=VALUE"),
+        ("--set", "=2", "expected NAME=VALUE"),
     ],
 )
 def test_fit_bad_numbers_name_the_flag(tmp_path, capsys, flag, value, message):

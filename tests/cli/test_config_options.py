@@ -58,6 +58,7 @@ def toy_method():
             fit=no_op,
             score=no_op,
             init=no_op,
+            inputs="images",  # a features method would need embed and levels
             presets=TOY_PRESETS,
         )
     )
@@ -203,7 +204,7 @@ def test_unknown_repeated_and_malformed_fields():
         parse_overrides(ToyConfig, ["colour=red"])
     with pytest.raises(ValueError, match="--set count=2: count is set twice"):
         parse_overrides(ToyConfig, ["count=1", "count=2"])
-    with pytest.raises(ValueError, match="expected FIELD=VALUE"):
+    with pytest.raises(ValueError, match="expected NAME=VALUE"):
         parse_overrides(ToyConfig, ["count"])
     assert parse_overrides(ToyConfig, []) == {}
     assert parse_overrides(ToyConfig, ["name=a=b"]) == {"name": "a=b"}
@@ -215,7 +216,7 @@ def test_fit_parser_refuses_malformed_set_words(capsys):
             ["fit", "--method", "padim", "--data", "d", "--out", "o", "--set", "levels"]
         )
     assert exc.value.code == 2
-    assert "argument --set: expected FIELD=VALUE" in capsys.readouterr().err
+    assert "argument --set: expected NAME=VALUE" in capsys.readouterr().err
 
 
 def test_unknown_preset_lists_the_chosen_methods_presets():
@@ -272,7 +273,7 @@ def test_fit_preset_and_set_build_the_make_config_config():
         ]
     )
     config = build_config(args.method, preset=args.preset, overrides=args.overrides)
-    assert config == make_config("patchcore", preset="anomalib", coreset_ratio=0.05)
+    assert config == make_config("patchcore", "anomalib", coreset_ratio=0.05)
     assert config.coreset_ratio == 0.05
 
 

@@ -124,6 +124,7 @@ class ImagesState:
     params: dict  # {"params": {"Dense_0": {"kernel": (3, width)}}}
     mean: jax.Array  # (H, W, width) mean of the projected training images
     texture_mean: jax.Array  # () mean of the extra input
+    key: jax.Array  # a typed PRNG key, as a training state carries one
     config: ImagesConfig = flax.struct.field(pytree_node=False)
 
 
@@ -134,6 +135,7 @@ def images_init(config, embeddings, *, num_images, key):
         params={"params": {"Dense_0": {"kernel": kernel}}},
         mean=jnp.zeros((*embeddings.shape[1:3], config.width), embeddings.dtype),
         texture_mean=jnp.zeros((), embeddings.dtype),
+        key=key,
         config=config,
     )
 
@@ -167,7 +169,8 @@ def images_score(state, images):
 
 
 def images_image_score(state, embeddings, patch_map, *, maps):
-    del state, embeddings, patch_map
+    base.check_instance("toy_images.image_score", "state", state, ImagesState)
+    del embeddings, patch_map
     return jnp.sum(maps, axis=(-2, -1))  # PAE: the sum of the smoothed map
 
 
