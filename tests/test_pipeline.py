@@ -647,7 +647,7 @@ _SCHEMA_CASES = {
                            "'format_version' is 1 but the file has the digests"),
     "version 2 with format 3 fields": (_edit("format_version", 2),
                                        "unknown field.*'num_train'"),
-    "num_train zero": (_edit("num_train", 0), "'num_train' must be a positive"),
+    "num_train zero": (_edit("num_train", 0), "'num_train' must be null or a pos"),
     "num_train edited": (_edit("num_train", 7), "'num_train' does not match"),
     "num_train missing": (_edit("num_train", _DELETE), r"'num_train' missing"),
     "transform mangled": (_edit("transform", [1]), "'transform' must be an object"),
@@ -861,7 +861,6 @@ def test_calibrate_takes_the_quantile_of_nominal_scores(small_detectors, small_t
 def test_predict_cli_maps_at_the_files_size_and_the_threshold(
     small_detectors, small_train, tmp_path, capsys
 ):
-    import dataclasses
 
     from PIL import Image
 
@@ -871,9 +870,8 @@ def test_predict_cli_maps_at_the_files_size_and_the_threshold(
     transform = jad.data.Transform(size=80, keep_aspect_ratio=True, crop=64)
     calibration = pipeline.Calibration(1.0, 1.0, 0.0, 2.0, 5)
     folder = pipeline.save_detector(
-        small_detectors["padim"], tmp_path / "d",
-        metadata={"transform": dataclasses.asdict(transform),
-                  "calibration": calibration._asdict()},
+        small_detectors["padim"].replace(transform=transform), tmp_path / "d",
+        metadata={"calibration": calibration._asdict()},
     )
     rgb = (np.random.default_rng(0).random((90, 120, 3)) * 255).astype(np.uint8)
     Image.fromarray(rgb).save(tmp_path / "wide.png")

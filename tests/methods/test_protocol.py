@@ -92,10 +92,21 @@ def _embed(detector, x):
 
 @pytest.mark.parametrize("method", METHODS)
 def test_jit_equals_no_jit(detectors, images, method):
+    # The method's part (score, post-processing, image score) op by op against its
+    # jitted form; the backbone's own jit == no-jit is tested in tests/backbones.
     detector, x = detectors[method], _test_images(images)
-    maps, scores = jdet.anomaly_maps(detector, x)
+    spec = base.get_method(method)
+    emb = _embed(detector, x)
+
+    def method_part(state, emb):
+        return jdet._maps_and_scores(spec, state, emb, x.shape[1:3])
+
+    maps, scores = jax.jit(method_part)(detector.state, emb)
+    whole = jdet.anomaly_maps(detector, x)[0]  # the same, fused with the backbone
+    np.testing.assert_allclose(maps, whole, rtol=1e-4,
+                               atol=1e-4 * float(jnp.max(jnp.abs(whole))))
     with jax.disable_jit():
-        maps_eager, scores_eager = jdet._anomaly_maps(detector, x)
+        maps_eager, scores_eager = method_part(detector.state, emb)
     scale = float(jnp.max(jnp.abs(maps_eager))) + 1e-12
     # float32 with other fusion orders: 1e-4 relative to the map's scale
     np.testing.assert_allclose(maps, maps_eager, atol=1e-4 * scale, rtol=1e-4)
