@@ -1,6 +1,6 @@
 """SGFR against an independent float64 loop of SGFR eq. 3-5 (Algorithm 1).
 
-Work in progress (issue 19): the method is not registered yet.
+The protocol tests (tests/methods/test_protocol.py) cover SGFR too.
 """
 
 from __future__ import annotations
