@@ -13,8 +13,7 @@ levels are reconstructed from the s_ref entries of M_S only: their sub-Gram (s_r
 s_ref) and correlations (s_ref,) are gathered, so the scoring OMP never touches the
 other N - s_ref entries (SGFR sec. III-B, complexity analysis).
 
-F2PAD can refine SGFR: :func:`loss_context` fixes M_S from the initial image and
-:func:`feature_loss` reconstructs from it (no paper has F2PAD on SGFR).
+Work in progress (issue 19): not registered yet.
 """
 
 from __future__ import annotations
@@ -29,26 +28,14 @@ import numpy as np
 
 from jad import _checks
 from jad.methods.base import (
-    Method,
     check_config_fields,
     check_instance,
     check_levels,
     check_postprocess,
-    register,
 )
 from jad.sparse import omp_gram
 
-__all__ = [
-    "PRESETS",
-    "SGFRConfig",
-    "SGFRState",
-    "embed",
-    "feature_loss",
-    "fit",
-    "init",
-    "loss_context",
-    "score",
-]
+__all__ = ["SGFRConfig", "SGFRState", "embed", "fit", "init", "score"]
 
 _SAMPLING = ("subspace", "none", "random")
 _NORMS = ("l2", "squared", "mean_abs")
@@ -280,20 +267,8 @@ def _supports(state: SGFRState, embeddings):
     return jnp.broadcast_to(every.astype(jnp.int32), (batch, every.shape[0]))
 
 
-def _maps(state: SGFRState, embeddings, supports) -> dict:
-    return {
-        level: jax.vmap(functools.partial(_reconstruct_one, state, level))(
-            embeddings[level], supports)
-        for level in state.config.score_levels
-    }
-
-
 def score(state: SGFRState, embeddings) -> dict:
     """Per-level anomaly maps: the norm of SGFR's anomalous term e_l per location.
-
-    SGFR Algorithm 2: M_S by subspace-based sampling at the reference level (SGFR
-    eq. 6-7; or every entry, or the random subset, as ``config.sampling`` says),
-    then Algorithm 1 over M_S at each scoring level (SGFR eq. 2-5).
 
     Args:
       state: a fitted :class:`SGFRState`.
@@ -304,49 +279,9 @@ def score(state: SGFRState, embeddings) -> dict:
       w.r.t. the embeddings on the selected supports.
     """
     check_instance("sgfr.score", "state", state, SGFRState)
-    return _maps(state, embeddings, _supports(state, embeddings))
-
-
-def loss_context(state: SGFRState, embeddings) -> jax.Array:
-    """M_S of the initial images, which F2PAD's feature loss keeps fixed.
-
-    Args:
-      state: a fitted :class:`SGFRState`.
-      embeddings: dict level -> (B, h_l, w_l, c_l) of the initial images n^(0).
-
-    Returns:
-      (B, s_ref) int32 bank entries (-1 padded), or (B, N) for ``sampling="none"``.
-    """
-    check_instance("sgfr.loss_context", "state", state, SGFRState)
-    return _supports(state, jax.lax.stop_gradient(embeddings))
-
-
-def feature_loss(state: SGFRState, embeddings, context) -> dict:
-    """SGFR's maps with M_S fixed from the initial image (the F2PAD data term).
-
-    Args:
-      state: a fitted :class:`SGFRState`.
-      embeddings: dict level -> (B, h_l, w_l, c_l) of the current estimate n.
-      context: (B, s_ref) from :func:`loss_context`.
-
-    Returns:
-      dict level -> (B, h_l, w_l), differentiable w.r.t. the embeddings.
-    """
-    check_instance("sgfr.feature_loss", "state", state, SGFRState)
-    return _maps(state, embeddings, jnp.asarray(context, jnp.int32))
-
-
-METHOD = register(
-    Method(
-        name="sgfr",
-        config_type=SGFRConfig,
-        state_type=SGFRState,
-        embed=embed,
-        fit=fit,
-        score=score,
-        init=init,
-        presets=PRESETS,
-        loss_context=loss_context,
-        feature_loss=feature_loss,
-    )
-)
+    supports = _supports(state, embeddings)
+    return {
+        level: jax.vmap(functools.partial(_reconstruct_one, state, level))(
+            embeddings[level], supports)
+        for level in state.config.score_levels
+    }

@@ -1,6 +1,6 @@
 """SGFR against an independent float64 loop of SGFR eq. 3-5 (Algorithm 1).
 
-The protocol tests (tests/methods/test_protocol.py) cover SGFR too.
+Work in progress (issue 19): the method is not registered yet.
 """
 
 from __future__ import annotations
