@@ -38,6 +38,8 @@ import os
 import re
 import secrets
 import shutil
+import signal
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -347,12 +349,46 @@ def save_pytree(directory, tree) -> None:
 
     Returns:
       None.
+
+    A Ctrl-C during the write is held back until orbax has finished it, then
+    raised (see :func:`_interrupts_deferred`).
     """
     import flax.serialization
     import orbax.checkpoint as ocp
 
     state = flax.serialization.to_state_dict(tree)
-    ocp.PyTreeCheckpointer().save(Path(directory).absolute(), state)
+    with _interrupts_deferred():
+        ocp.PyTreeCheckpointer().save(Path(directory).absolute(), state)
+
+
+@contextlib.contextmanager
+def _interrupts_deferred() -> Iterator[None]:
+    """Holds a Ctrl-C (SIGINT) back until the block ends, then raises it.
+
+    orbax writes with an event loop and worker threads; a ``KeyboardInterrupt``
+    raised inside them can leave threads behind, and one that lands in a finaliser
+    is swallowed by Python, so the process keeps running. With the signal only
+    recorded during the write, the interrupt is raised once the write is complete
+    (the folder is still swapped in only by :func:`atomic_folder`). Only in the main
+    thread, where Python handles signals; elsewhere the block runs as is.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    try:
+        previous = signal.signal(signal.SIGINT, lambda *args: caught.append(args))
+    except ValueError:  # not the main interpreter
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if caught and callable(previous):
+            previous(*caught[0])
+        elif caught and previous != signal.SIG_IGN:
+            raise KeyboardInterrupt
 
 
 def restore_pytree(directory, template, *, shapes: bool = True):

@@ -274,6 +274,28 @@ def test_a_nested_state_round_trips_into_its_template(tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
+def test_a_ctrl_c_during_save_pytree_is_raised_after_the_write(tmp_path, monkeypatch):
+    import orbax.checkpoint as ocp
+
+    real_save = ocp.PyTreeCheckpointer.save
+    calls = []
+
+    def save_then_interrupted(self, *args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C in the middle of orbax's write
+        calls.append(signal.getsignal(signal.SIGINT))
+        return real_save(self, *args, **kwargs)
+
+    monkeypatch.setattr(ocp.PyTreeCheckpointer, "save", save_then_interrupted)
+    state = _nested_state(2.0)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_pytree(tmp_path / "s", state)
+    assert calls and calls[0] is not signal.default_int_handler  # held back inside
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    back = io.restore_pytree(tmp_path / "s", jax.eval_shape(lambda: _nested_state()))
+    for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(state), strict=True):
+        np.testing.assert_array_equal(a, b)  # the write was completed first
+
+
 def test_restore_lists_what_is_missing_extra_and_misshaped(tmp_path):
     state = _nested_state()
     io.save_pytree(tmp_path / "s", state)
