@@ -122,14 +122,22 @@ def _select_one(gram, xy, norm_sq, allowed, n_nonzero, tol, selection):
         avail = allowed & ~chosen
         k = _first_argmax(jnp.where(avail, score, -jnp.inf))
         ws = [block[:, k] for block in blocks[: phase + 1]]  # L⁻¹ G[S, k]
-        lkk_sq = diag[k] - sum(w @ w for w in ws)
+        lkk_sq = diag[k] - sum(_dot(w, w) for w in ws)
         ok = ~done & avail[k] & (lkk_sq > rtol * diag[k])
         l_new = jnp.sqrt(jnp.where(ok, lkk_sq, 1.0))
         z_new = alpha[k] / l_new  # coordinate on q_n
-        # z_new² is the drop of ‖e‖²: a drop at rounding level means an exact fit.
-        ok = ok & (z_new**2 > jnp.finfo(dtype).eps * energy)
+        # z_new² is the drop of ‖e‖²: with abs selection, a drop at rounding level
+        # means an exact fit. The signed selection's atom may drop ‖e‖² by nothing
+        # while others still correlate (negatively): SGFR Algorithm 1 goes on, so
+        # there the fit is exact only when no available atom correlates at all.
+        if selection == "abs":
+            drop = z_new**2
+        else:
+            drop = jnp.max(jnp.where(avail, alpha**2 / jnp.where(avail, diag, 1.0),
+                                     0.0))
+        ok = ok & (drop > jnp.finfo(dtype).eps * energy)
         z_new = jnp.where(ok, z_new, 0.0)
-        proj = sum(w @ block for w, block in zip(ws, blocks, strict=False))
+        proj = sum(_dot(w, block) for w, block in zip(ws, blocks, strict=False))
         b_new = jnp.where(
             ok, (gram[k] - proj) / l_new, 0.0
         )  # G[k, :] q_n (G symmetric)
@@ -173,6 +181,16 @@ def _select_one(gram, xy, norm_sq, allowed, n_nonzero, tol, selection):
     return _Selection(support, chol, coef, jnp.sum(valid).astype(jnp.int32))
 
 
+def _dot(a, b):
+    """``a @ b`` in full float32 on every backend.
+
+    The pursuit's products in Gram space pick the next atom; at TF32 (the default
+    for float32 matmuls on recent GPUs) they could pick another one where the
+    Gram matrix is ill-conditioned, as memory banks of similar images are.
+    """
+    return jnp.matmul(a, b, precision=jax.lax.Precision.HIGHEST)
+
+
 def _first_argmax(x):
     """``jnp.argmax`` of a 1-D array without NaN (the first index of the maximum).
 
@@ -207,7 +225,7 @@ def _refine_one(sel: _Selection, gram, xy):
     num_atoms = gram.shape[0]
     valid = sel.support >= 0
     index = jnp.where(valid, sel.support, 0)
-    corr = xy - gram @ sel.coef  # (K,) D_Sᵀ(y - D_S c0) on the support
+    corr = xy - _dot(gram, sel.coef)  # (K,) D_Sᵀ(y - D_S c0) on the support
     rhs = jnp.where(valid, corr[index], 0.0)
     delta = jax.scipy.linalg.cho_solve((sel.chol, True), rhs)
     return sel.coef + _scatter(sel.support, jnp.where(valid, delta, 0.0), num_atoms)

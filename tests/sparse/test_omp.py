@@ -449,6 +449,22 @@ def test_signed_selection_is_argmax_without_abs(x64):
         np.testing.assert_allclose(signed.coef[b], coef, rtol=1e-10, atol=1e-10)
 
 
+def test_signed_selection_goes_on_when_the_best_signed_atom_drops_nothing(x64):
+    # Orthonormal atoms, y = d0 - 0.5 d1 + tiny positive parts on d2..d4: after d0
+    # the signed best atoms (d4, d3, d2) lower ‖e‖² by ~1e-18 only, while d1 still
+    # correlates at -0.5. SGFR Algorithm 1 takes them and then d1, down to an exact
+    # fit; stopping at the first negligible drop would leave d1 out of the support.
+    rng = np.random.default_rng(11)
+    dictionary = np.linalg.qr(rng.standard_normal((8, 5)))[0]
+    signal = dictionary @ np.array([1.0, -0.5, 1e-9, 2e-9, 3e-9])
+    want, coef, _ = reference_omp(dictionary, signal, 5, selection="signed")
+    assert want == [0, 4, 3, 2, 1]  # the intended setup
+    for got in (run_omp(dictionary, signal[None], 5, selection="signed"),
+                run_omp_gram(dictionary, signal[None], 5, selection="signed")):
+        np.testing.assert_array_equal(got.support[0], want)
+        np.testing.assert_allclose(got.coef[0], coef, rtol=1e-6, atol=1e-12)
+
+
 # ------------------------------------------------------------- 6. jit and vmap
 
 
