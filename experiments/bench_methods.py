@@ -34,6 +34,28 @@ method's ``fit`` alone, called a second time (compiled) on the same embeddings. 
 time per image is ``jad.pipeline.predict``'s (first batch, the compilation, excluded);
 the metrics are ``jad.evaluation.evaluate``'s, as a sanity check.
 
+Part 3, SGFR scoring (``--parts sgfr``), jad against the peer a user would write
+today, scikit-learn's ``orthogonal_mp_gram`` per image. Embeddings: the real
+``efficientnet_lite0`` features of the same data set (all 40 training images are the
+bank, N = 40; the 28 test images are scored) at the ``mtd`` preset's levels (2, 3, 4
+scored, 4 samples), for (s_ref, s) = (10, 7) (the preset) and (40, 17). Both get the
+same embeddings and precompute the Gram matrices X^T X once (jad: ``sgfr.fit``). jad:
+``sgfr.score`` jitted (compilation excluded, ``block_until_ready``), all test images in
+one batch and, apart, one image at a time. Peer, per image: X^T y at the reference
+level, ``orthogonal_mp_gram(gram, Xy, n_nonzero_coefs=s_ref)`` picks M_S, then per
+scoring level ``orthogonal_mp_gram`` on the M_S sub-Gram with ``n_nonzero_coefs=s``,
+the reconstruction and the per-location L2 norm of the residual. scikit-learn selects
+by |correlation|; it cannot do SGFR's signed selection (eq. 3), so its M_S may differ
+from jad's: reported as the fraction of images with the same M_S (as a set) and with
+the same maps, and, as a control of the peer, its M_S against jad's ``omp_gram`` with
+``selection="abs"``. Target on a CPU: jad >= 20x faster (sampling included). On a GPU
+(``--sgfr-e2e auto``; ``on`` forces it anywhere) also end to end: ``wide_resnet50_2``
+with random weights (``jad.backbones.init_variables``; the peer's torchvision model with
+``weights=None``), 256x256, N = 200 random bank images, the ``mvtec`` preset (s_ref 40,
+s 17), 32 test images: jad's ``anomaly_maps`` (backbone, SGFR, upsampling and blur)
+against torchvision's backbone (features to the host) plus scikit-learn's OMP per
+image; elsewhere printed as "not measured (no GPU)".
+
 Memory. Every measured run (one implementation of one kernel, one method) is a fresh
 Python process (this script re-invoked with ``--worker``), which imports only what it
 needs. Once the imports are done and the inputs loaded (on the device), the process
@@ -60,10 +82,13 @@ order differs from step 2000 at a float32 near-tie (2 ulps).
 Run:  python experiments/bench_methods.py          (3 to 6 minutes on 2 busy CPU cores)
       python experiments/bench_methods.py --quick  (smoke run, well under a minute)
       python experiments/bench_methods.py --no-methods          (kernels only)
+      python experiments/bench_methods.py --parts sgfr          (SGFR only, 2 to 4
+          minutes on 2 busy cores; JSON: experiments/results/bench_methods_sgfr.json)
 On a GPU the kernel shape defaults to the issue's (200 x 32 x 32, D 1536, 83 test
 images); on a CPU to 40 x 28 x 28 (31,360 patches, the embedded data set's PatchCore
 bank size at 224 with EfficientNet-Lite0), D 1536, 83 test images. torch (optional,
-``pip install ".[torch]"``) is needed for the peer only. Writes JSON (``--json``).
+``pip install ".[torch]"``) is needed for the peer only; scikit-learn
+(``pip install ".[bench]"``) for the SGFR part. Writes JSON (``--json``).
 
 On a CPU shared with other work, torch's multithreaded small ops (the coreset loop)
 can wait several times longer at OpenMP barriers than one thread needs:
@@ -401,6 +426,9 @@ def _w_method(job):
     )
     if job["num_train"]:
         train = dataclasses.replace(train, samples=train.samples[: job["num_train"]])
+    if getattr(config, "s_ref", 0) > len(train):  # SGFR needs N >= s_ref (--quick)
+        s_ref = len(train)
+        config = dataclasses.replace(config, s_ref=s_ref, s=min(config.s, s_ref))
     backbone = "efficientnet_lite0"
     variables = jax.block_until_ready(bb.load_pretrained(backbone, progress=False))
     _mark_inputs()
@@ -420,14 +448,16 @@ def _w_method(job):
     result = evaluation.evaluate(
         detector, test, batch_size=job["batch_size"], progress=False
     )
-    # The method's fit alone, compiled (second call), on the same embeddings.
-    emb = np.concatenate(
-        [
-            np.asarray(
+    # The method's fit alone, compiled (second call), on the same embeddings (an
+    # array, or a dict of per-level arrays for SGFR).
+    emb = jax.tree.map(
+        lambda *xs: np.concatenate(xs),
+        *[
+            jax.device_get(
                 pipeline.embed_images(method, config, backbone, variables, b.images)
             )
             for b in train.batches(job["batch_size"])
-        ]
+        ],
     )
     spec = get_method(method)
     start = time.perf_counter()
@@ -440,7 +470,11 @@ def _w_method(job):
         "preset": getattr(config, "preset", None),
         "num_train": len(train),
         "num_test": m["num_images"],
-        "embedding_shape": list(emb.shape),
+        "embedding_shape": (
+            {str(k): list(v.shape) for k, v in emb.items()}
+            if isinstance(emb, dict)
+            else list(emb.shape)
+        ),
         "fit_s": fit_s,
         "method_fit_s": method_fit_s,
         "score_s_per_image": m["seconds_per_image"],
@@ -452,6 +486,325 @@ def _w_method(job):
     }
 
 
+# ------------------------------------------------------------------- SGFR workers
+# Level arrays travel as files ``<prefix>_L<level>.npy`` in the job's folder.
+
+
+def _save_levels(workdir, prefix, arrays):
+    for level, x in arrays.items():
+        np.save(os.path.join(workdir, f"{prefix}_L{level}.npy"), np.asarray(x))
+
+
+def _load_levels(workdir, prefix, levels):
+    return {lv: np.load(os.path.join(workdir, f"{prefix}_L{lv}.npy")) for lv in levels}
+
+
+def _sgfr_config(job):
+    import dataclasses
+
+    from jad.methods import sgfr
+
+    return dataclasses.replace(
+        sgfr.PRESETS[job["preset"]], s_ref=job["s_ref"], s=job["s"]
+    )
+
+
+def _jad_abs_support(state, emb):
+    """M_S as jad selects it by |correlation| (scikit-learn's rule): a control."""
+    import jax.numpy as jnp
+
+    from jad.sparse import omp_gram
+
+    config = state.config
+    bank = state.banks[config.ref_level]
+    flat = bank.reshape(bank.shape[0], -1)
+    y = emb[config.ref_level].reshape(emb[config.ref_level].shape[0], -1)
+    xy = jnp.einsum("nm,bm->bn", flat, y, precision="highest")
+    result = omp_gram(
+        state.grams[config.ref_level],
+        xy,
+        config.s_ref,
+        norms_squared=jnp.sum(y * y, axis=-1),
+        tol=config.epsilon,
+        selection="abs",
+    )
+    return np.asarray(result.support)
+
+
+def _w_sgfr_embed(job):
+    """Features of the built-in data set at the SGFR levels, to files."""
+    import dataclasses
+
+    import jax
+
+    from jad import backbones as bb
+    from jad import data, pipeline
+
+    config = _sgfr_config(job)
+    transform = data.Transform(size=job["size"])
+    split = {
+        s: data.load_dataset(
+            "mvtec", job["data_root"], job["category"], s, transform=transform
+        )
+        for s in ("train", "test")
+    }
+    if job["num_train"]:
+        split["train"] = dataclasses.replace(
+            split["train"], samples=split["train"].samples[: job["num_train"]]
+        )
+    if job["num_test"]:
+        split["test"] = dataclasses.replace(
+            split["test"], samples=split["test"].samples[: job["num_test"]]
+        )
+    backbone = "efficientnet_lite0"
+    variables = jax.block_until_ready(bb.load_pretrained(backbone, progress=False))
+    _mark_inputs()
+    shapes = {}
+    for name, prefix in (("train", "bank"), ("test", "test")):
+        parts = [
+            jax.device_get(
+                pipeline.embed_images("sgfr", config, backbone, variables, b.images)
+            )
+            for b in split[name].batches(job["batch_size"])
+        ]
+        arrays = {
+            lv: np.concatenate([p[lv] for p in parts]).astype(np.float32)
+            for lv in config.levels
+        }
+        _save_levels(job["dir"], f"{job['prefix']}_{prefix}", arrays)
+        shapes[name] = {str(lv): list(a.shape) for lv, a in arrays.items()}
+    return {"shapes": shapes}
+
+
+def _w_jad_sgfr(job):
+    """The jad side: ``sgfr.score`` jitted, every test image in one batch; batch 1."""
+    import jax
+
+    from jad.methods import sgfr
+
+    config = _sgfr_config(job)
+    d, p = job["dir"], job["prefix"]
+    bank = jax.device_put(_load_levels(d, p + "_bank", config.levels))
+    test = jax.device_put(_load_levels(d, p + "_test", config.levels))
+    jax.block_until_ready((bank, test))
+    n_test = test[config.ref_level].shape[0]
+    singles = [jax.tree.map(lambda x, i=i: x[i : i + 1], test) for i in range(n_test)]
+    jax.block_until_ready(singles)
+    _mark_inputs()
+    dev0, _ = _jax_device_stats()
+    start = time.perf_counter()
+    state = jax.block_until_ready(sgfr.fit(config, bank))
+    fit_s = time.perf_counter() - start
+    score = jax.jit(sgfr.score)
+    start = time.perf_counter()
+    compiled = score.lower(state, test).compile()
+    compile_s = time.perf_counter() - start
+    xla_temp = _xla_temp_mib(compiled)
+    jax.block_until_ready(compiled(state, test))  # first run (allocation) untimed
+    seconds, maps = _best_of(
+        lambda: jax.block_until_ready(compiled(state, test)), job["repeat"]
+    )
+    compiled1 = score.lower(state, singles[0]).compile()
+    jax.block_until_ready(compiled1(state, singles[0]))
+
+    def one_by_one():
+        for emb in singles:
+            jax.block_until_ready(compiled1(state, emb))
+
+    seconds1, _ = _best_of(one_by_one, job["repeat"])
+    support = jax.jit(sgfr.loss_context)(state, test)
+    np.save(os.path.join(d, f"support_jad_{job['tag']}.npy"), np.asarray(support))
+    np.save(
+        os.path.join(d, f"support_jadabs_{job['tag']}.npy"),
+        _jad_abs_support(state, test),
+    )
+    _save_levels(d, f"maps_jad_{job['tag']}", maps)
+    _, dev_peak = _jax_device_stats()
+    return {
+        "n_bank": int(bank[config.ref_level].shape[0]),
+        "n_test": n_test,
+        "fit_s": fit_s,
+        "compile_s": compile_s,
+        "xla_temp_mib": xla_temp,
+        "ms_per_image": 1e3 * seconds / n_test,
+        "ms_per_image_batch1": 1e3 * seconds1 / n_test,
+        "device_inputs_mib": _mib(dev0),
+        "device_peak_mib": _mib(dev_peak),
+    }
+
+
+def _w_sklearn_sgfr(job):
+    """The peer: scikit-learn's ``orthogonal_mp_gram``, per image, same algorithm.
+
+    Gram matrices once (the fit); per image: ``Xᵀy`` at the reference level and OMP
+    with s_ref nonzeros over the whole bank (M_S; scikit-learn selects by |Xᵀr|, it
+    has no signed selection), then per scoring level OMP with s nonzeros over the
+    M_S sub-Gram, the reconstruction and the per-location L2 norm of the residual.
+    """
+    import warnings
+
+    import sklearn
+    from sklearn.linear_model import orthogonal_mp_gram
+
+    levels = sorted({*job["score_levels"], job["ref_level"]})
+    ref, s_ref, s = job["ref_level"], job["s_ref"], job["s"]
+    d, p = job["dir"], job["prefix"]
+    bank = _load_levels(d, p + "_bank", levels)
+    bank = {lv: x.reshape(x.shape[0], -1) for lv, x in bank.items()}
+    test = _load_levels(d, p + "_test", levels)
+    n_test = test[ref].shape[0]
+    _mark_inputs()
+    start = time.perf_counter()
+    grams = {lv: x @ x.T for lv, x in bank.items()}
+    fit_s = time.perf_counter() - start
+
+    def run():
+        supports, maps = [], {lv: [] for lv in job["score_levels"]}
+        for i in range(n_test):
+            xy = bank[ref] @ test[ref][i].reshape(-1)
+            coef = orthogonal_mp_gram(grams[ref], xy, n_nonzero_coefs=s_ref)
+            ms = np.flatnonzero(coef)
+            for lv in job["score_levels"]:
+                y = test[lv][i]
+                sub = bank[lv][ms]
+                c = orthogonal_mp_gram(
+                    grams[lv][np.ix_(ms, ms)],
+                    sub @ y.reshape(-1),
+                    n_nonzero_coefs=min(s, ms.size),
+                )
+                e = y - (c @ sub).reshape(y.shape)
+                maps[lv].append(np.sqrt(np.sum(e * e, axis=-1)))
+            supports.append(np.pad(ms, (0, s_ref - ms.size), constant_values=-1))
+        return np.stack(supports).astype(np.int32), maps
+
+    with warnings.catch_warnings(record=True) as caught:  # first pass: warm-up
+        warnings.simplefilter("always")
+        support, maps = run()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        seconds, _ = _best_of(run, job["repeat"])
+    np.save(os.path.join(d, f"support_peer_{job['tag']}.npy"), support)
+    maps = {lv: np.stack(v) for lv, v in maps.items()}
+    _save_levels(d, f"maps_peer_{job['tag']}", maps)
+    return {
+        "n_test": n_test,
+        "fit_s": fit_s,
+        "ms_per_image": 1e3 * seconds / n_test,
+        "premature_stop_warnings": sum(
+            issubclass(w.category, RuntimeWarning) for w in caught
+        ),
+        "sklearn": sklearn.__version__,
+    }
+
+
+def _w_sgfr_e2e(job):
+    """The jad side end to end: random-weight backbone + SGFR, one test batch.
+
+    Writes the bank and test features for the scikit-learn peer.
+    """
+    import jax
+
+    from jad import backbones as bb
+    from jad import pipeline
+    from jad.detector import anomaly_maps
+    from jad.methods import sgfr
+
+    config = _sgfr_config(job)
+    backbone, size, bs = job["backbone"], job["size"], job["batch_size"]
+    rng = np.random.default_rng(job["seed"])
+    variables = bb.init_variables(
+        backbone, key=jax.random.key(job["seed"]), image_size=size
+    )
+    bank_images = rng.standard_normal((job["n_bank"], size, size, 3), np.float32)
+    images = jax.device_put(
+        rng.standard_normal((job["n_test"], size, size, 3), np.float32)
+    )
+    jax.block_until_ready((variables, images))
+    _mark_inputs()
+    dev0, _ = _jax_device_stats()
+    start = time.perf_counter()
+    detector = pipeline.fit_detector(
+        "sgfr",
+        [bank_images[i : i + bs] for i in range(0, job["n_bank"], bs)],
+        backbone=backbone,
+        variables=variables,
+        config=config,
+        key=jax.random.key(job["seed"]),
+        progress=False,
+    )
+    jax.block_until_ready(detector.state)
+    fit_s = time.perf_counter() - start
+    state = detector.state
+
+    def timed(fn):
+        start = time.perf_counter()
+        out = jax.block_until_ready(fn())  # first call: compilation
+        first = time.perf_counter() - start
+        jax.block_until_ready(fn())
+        seconds, _ = _best_of(lambda: jax.block_until_ready(fn()), job["repeat"])
+        return 1e3 * seconds / job["n_test"], first, out
+
+    full_ms, full_first, _ = timed(lambda: anomaly_maps(detector, images))
+    embed_ms, _, emb = timed(
+        lambda: pipeline.embed_images("sgfr", config, backbone, variables, images)
+    )
+    score = jax.jit(sgfr.score)
+    score_ms, _, _ = timed(lambda: score(state, emb))
+    support = jax.jit(sgfr.loss_context)(state, emb)
+    _, dev_peak = _jax_device_stats()
+    d, p = job["dir"], job["prefix"]
+    _save_levels(d, p + "_bank", state.banks)
+    _save_levels(d, p + "_test", emb)
+    np.save(os.path.join(d, f"support_jad_{job['tag']}.npy"), np.asarray(support))
+    np.save(
+        os.path.join(d, f"support_jadabs_{job['tag']}.npy"),
+        _jad_abs_support(state, emb),
+    )
+    _save_levels(d, f"maps_jad_{job['tag']}", score(state, emb))
+    return {
+        "fit_s": fit_s,
+        "ms_per_image": full_ms,
+        "first_call_s": full_first,
+        "backbone_ms_per_image": embed_ms,
+        "score_ms_per_image": score_ms,
+        "device_inputs_mib": _mib(dev0),
+        "device_peak_mib": _mib(dev_peak),
+    }
+
+
+def _w_torch_backbone(job):
+    """The peer's backbone: torchvision's model (random weights), features to host."""
+    import torch
+    import torchvision
+
+    device = _torch_device(job["threads"])
+    torch.manual_seed(job["seed"])
+    model = getattr(torchvision.models, job["backbone"])(weights=None)
+    model = model.to(device).eval()
+    x = torch.randn(job["n_test"], 3, job["size"], job["size"], device=device)
+    _sync(device)
+    _mark_inputs()
+
+    def run():
+        with torch.inference_mode():
+            h = model.maxpool(model.relu(model.bn1(model.conv1(x))))
+            h = model.layer1(h)
+            feats = []
+            for layer in (model.layer2, model.layer3, model.layer4):
+                h = layer(h)
+                feats.append(h.permute(0, 2, 3, 1).cpu().numpy())
+            return feats
+
+    run()  # warm-up (cuDNN autotuning, allocator)
+    seconds, _ = _best_of(run, job["repeat"])
+    return {
+        "ms_per_image": 1e3 * seconds / job["n_test"],
+        "device": device,
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
 WORKERS = {
     "jad_coreset": _w_jad_coreset,
     "torch_coreset": _w_torch_coreset,
@@ -460,6 +813,11 @@ WORKERS = {
     "torch_score": _w_torch_score,
     "numpy_score": _w_numpy_score,
     "method": _w_method,
+    "sgfr_embed": _w_sgfr_embed,
+    "jad_sgfr": _w_jad_sgfr,
+    "sklearn_sgfr": _w_sklearn_sgfr,
+    "sgfr_e2e": _w_sgfr_e2e,
+    "torch_backbone": _w_torch_backbone,
 }
 
 
@@ -781,6 +1139,13 @@ def _methods(args, env, workdir):
     return rows
 
 
+def _shape_text(shape):
+    """``40x28x28x152``, or ``L2 40x28x28x40, L3 ...`` for per-level embeddings."""
+    if isinstance(shape, dict):
+        return ", ".join(f"L{k} {_shape_text(v)}" for k, v in shape.items())
+    return "x".join(map(str, shape))
+
+
 def _print_methods(rows, args):
     print(
         f"\n### Methods (built-in '{args.category}', {args.size}x{args.size}, "
@@ -795,13 +1160,304 @@ def _print_methods(rows, args):
     for r in rows:
         print(
             f"| {r['label']} | {r['num_train']} / {r['num_test']} | "
-            f"{'x'.join(map(str, r['embedding_shape']))} | {r['fit_s']:.2f} | "
+            f"{_shape_text(r['embedding_shape'])} | {r['fit_s']:.2f} | "
             f"{r['method_fit_s']:.2f} | {1e3 * r['score_s_per_image']:.1f} | "
             f"{r['rss_peak_mib']:.0f} | {r['rss_above_inputs_mib']:.0f} | "
             f"{_fmt(r['device_peak_mib'], '.0f')} | "
             f"{_fmt(r['image_auroc'], '.3f')} | {_fmt(r['pixel_auroc'], '.3f')} | "
             f"{_fmt(r['pro'], '.3f')} |"
         )
+
+
+SGFR_SETTINGS = ((10, 7), (40, 17))  # (s_ref, s)
+
+
+def _sgfr_agreement(workdir, tag, score_levels):
+    """Images whose M_S are the same set in jad and the peer; and whose maps match."""
+    sj, sa, sp = (
+        np.load(os.path.join(workdir, f"support_{who}_{tag}.npy"))
+        for who in ("jad", "jadabs", "peer")
+    )
+
+    def same_sets(x, y):
+        return np.array(
+            [set(a[a >= 0]) == set(b[b >= 0]) for a, b in zip(x, y, strict=True)]
+        )
+
+    same = same_sets(sj, sp)
+    mj = _load_levels(workdir, f"maps_jad_{tag}", score_levels)
+    mp = _load_levels(workdir, f"maps_peer_{tag}", score_levels)
+    rel = np.max(
+        [
+            np.max(np.abs(mj[lv] - mp[lv]), axis=(1, 2))
+            / np.maximum(np.max(np.abs(mp[lv]), axis=(1, 2)), 1e-30)
+            for lv in score_levels
+        ],
+        axis=0,
+    )
+    return {
+        "same_support": int(same.sum()),
+        "same_maps": int(np.sum(rel <= 1e-3)),
+        "same_support_jad_abs": int(same_sets(sa, sp).sum()),
+        "support_size_min": {
+            "jad": int(np.min(np.sum(sj >= 0, axis=1))),
+            "peer": int(np.min(np.sum(sp >= 0, axis=1))),
+        },
+        "support_size_mean": {
+            "jad": float(np.mean(np.sum(sj >= 0, axis=1))),
+            "jad_abs": float(np.mean(np.sum(sa >= 0, axis=1))),
+            "peer": float(np.mean(np.sum(sp >= 0, axis=1))),
+        },
+        "images": int(same.size),
+        "max_rel_map_diff_same_support": (
+            float(rel[same].max()) if same.any() else None
+        ),
+    }
+
+
+def _sgfr(args, env, workdir, gpu):
+    """SGFR score time: jad against scikit-learn's orthogonal_mp_gram per image."""
+    from jad import data
+    from jad.methods import sgfr
+
+    preset = sgfr.PRESETS["mtd"]
+    root = data.builtin_dataset(root=args.data_root, category=args.category)
+    repeat = max(args.repeat, 3)
+    common = dict(preset="mtd", prefix="brick")
+    r = _spawn(
+        workdir,
+        env,
+        "sgfr_embed",
+        **common,
+        s_ref=preset.s_ref,
+        s=preset.s,
+        data_root=str(root),
+        category=args.category,
+        size=args.size,
+        batch_size=args.batch_size,
+        num_train=None if args.quick else args.num_train,
+        num_test=8 if args.quick else None,
+    )
+    shapes = r["shapes"]
+    n_bank = shapes["train"][str(preset.ref_level)][0]
+    print(
+        f"sgfr: built-in '{args.category}' {args.size}x{args.size}, efficientnet_lite0 "
+        f"levels {preset.levels}: bank N = {n_bank}, "
+        f"{shapes['test'][str(preset.ref_level)][0]} test images",
+        flush=True,
+    )
+    info = {
+        "data": f"builtin:{args.category}",
+        "size": args.size,
+        "backbone": "efficientnet_lite0",
+        "score_levels": list(preset.score_levels),
+        "ref_level": preset.ref_level,
+        "n_bank": n_bank,
+        "shapes": shapes,
+        "repeat": repeat,
+    }
+    settings = []
+    for s_ref, s in SGFR_SETTINGS:
+        if s_ref > n_bank:
+            print(f"  s_ref {s_ref} > N {n_bank}: skipped", flush=True)
+            continue
+        tag = f"brick_{s_ref}_{s}"
+        job = dict(common, s_ref=s_ref, s=s, tag=tag, repeat=repeat)
+        jad = _spawn(workdir, env, f"jad_sgfr:{tag}", **job)
+        peer = _spawn(
+            workdir,
+            env,
+            f"sklearn_sgfr:{tag}",
+            **job,
+            score_levels=list(preset.score_levels),
+            ref_level=preset.ref_level,
+        )
+        agree = _sgfr_agreement(workdir, tag, preset.score_levels)
+        row = {
+            "s_ref": s_ref,
+            "s": s,
+            "jad": jad,
+            "sklearn": peer,
+            "jad_speedup": peer["ms_per_image"] / jad["ms_per_image"],
+            "jad_speedup_batch1": peer["ms_per_image"] / jad["ms_per_image_batch1"],
+            **agree,
+        }
+        settings.append(row)
+        print(
+            f"  s_ref {s_ref}, s {s}: jad {jad['ms_per_image']:.2f} ms/image (batch "
+            f"{jad['n_test']}), {jad['ms_per_image_batch1']:.2f} (batch 1); "
+            f"scikit-learn {peer['ms_per_image']:.2f}; same M_S "
+            f"{agree['same_support']}/{agree['images']}",
+            flush=True,
+        )
+    info["settings"] = settings
+
+    e2e = {
+        "backbone": "wide_resnet50_2",
+        "weights": "random (init_variables / torchvision weights=None)",
+        "preset": "mvtec",
+        "size": 256,
+        "n_bank": 200,
+        "n_test": 32,
+        "batch_size": 20,
+        "s_ref": 40,
+        "s": 17,
+    }
+    if args.quick:  # only to exercise the code path (--sgfr-e2e on)
+        e2e.update(size=64, n_bank=12, n_test=4, batch_size=4, s_ref=10, s=7)
+    run_e2e = args.sgfr_e2e == "on" or (args.sgfr_e2e == "auto" and gpu)
+    e2e["measured"] = run_e2e
+    if run_e2e:
+        print(
+            f"sgfr end to end: {e2e['backbone']} (random weights) "
+            f"{e2e['size']}x{e2e['size']}, N = {e2e['n_bank']}, {e2e['n_test']} test "
+            f"images, s_ref {e2e['s_ref']}, s {e2e['s']}",
+            flush=True,
+        )
+        mvtec = sgfr.PRESETS["mvtec"]
+        job = {
+            k: e2e[k]
+            for k in ("backbone", "size", "n_bank", "n_test", "batch_size", "s_ref")
+        }
+        job.update(s=e2e["s"], preset="mvtec", prefix="e2e", tag="e2e", repeat=repeat)
+        e2e["jad"] = _spawn(workdir, env, "sgfr_e2e", **job, seed=args.seed)
+        e2e["sklearn"] = _spawn(
+            workdir,
+            env,
+            "sklearn_sgfr:e2e",
+            **job,
+            score_levels=list(mvtec.score_levels),
+            ref_level=mvtec.ref_level,
+        )
+        e2e.update(_sgfr_agreement(workdir, "e2e", mvtec.score_levels))
+        if args.torch:
+            e2e["torch_backbone"] = _spawn(
+                workdir,
+                env,
+                "torch_backbone",
+                **job,
+                seed=args.seed,
+                threads=args.torch_threads,
+            )
+            peer_ms = (
+                e2e["torch_backbone"]["ms_per_image"] + e2e["sklearn"]["ms_per_image"]
+            )
+            e2e["peer_ms_per_image"] = peer_ms
+            e2e["jad_speedup"] = peer_ms / e2e["jad"]["ms_per_image"]
+    info["end_to_end"] = e2e
+    return info
+
+
+def _print_sgfr(info, device):
+    print(
+        f"\n### SGFR scoring (built-in '{info['data'].split(':')[1]}', "
+        f"{info['size']}x{info['size']}, {info['backbone']}, levels "
+        f"{tuple(info['score_levels'])} scored, level {info['ref_level']} samples; "
+        f"bank N = {info['n_bank']})\n"
+    )
+    print(
+        "| s_ref / s | impl | device | ms/image | jad faster | compile s | "
+        "peak RSS MiB | above inputs MiB | same M_S | same maps | "
+        "same M_S as jad by abs |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for row in info["settings"]:
+        jad, peer = row["jad"], row["sklearn"]
+        n = row["images"]
+        agree = f"{row['same_support']}/{n}"
+        maps = f"{row['same_maps']}/{n}"
+        setting = f"{row['s_ref']} / {row['s']}"
+        rss = f"{jad['rss_peak_mib']:.0f} | {jad['rss_above_inputs_mib']:.0f}"
+        print(
+            f"| {setting} | jad (batch {jad['n_test']}) | {device} | "
+            f"{jad['ms_per_image']:.2f} | | {jad['compile_s']:.2f} | {rss} | | | |"
+        )
+        print(
+            f"| {setting} | jad (batch 1) | {device} | "
+            f"{jad['ms_per_image_batch1']:.2f} | | | | | | | |"
+        )
+        print(
+            f"| {setting} | scikit-learn {peer['sklearn']} per image | cpu | "
+            f"{peer['ms_per_image']:.2f} | {row['jad_speedup']:.1f}x "
+            f"({row['jad_speedup_batch1']:.1f}x batch 1) | | "
+            f"{peer['rss_peak_mib']:.0f} | {peer['rss_above_inputs_mib']:.0f} | "
+            f"{agree} | {maps} | {row['same_support_jad_abs']}/{n} |"
+        )
+    print(
+        "\nSame time for both: the scoring of embeddings already computed (sampling "
+        "OMP at the reference level + OMP over M_S at each scoring level + residual "
+        "norms); the Gram matrices are precomputed (the fit) for both. scikit-learn "
+        "selects atoms by |correlation| (it has no signed selection, SGFR eq. 3), so "
+        "its M_S may differ from jad's: 'same M_S' counts images whose M_S are the "
+        "same set, 'same maps' those whose maps agree to 1e-3 of their maximum; "
+        "'same M_S as jad by abs' compares the peer with jad's omp_gram run with "
+        "selection='abs' (scikit-learn's rule), a control that the peer computes the "
+        "same pursuit. A pursuit may stop before s_ref (jad: when the next atom would "
+        "lower |e|^2 by less than a float32 epsilon of |y|^2, which with signed "
+        "selection happens once no atom left has a positive correlation with the "
+        "residual, or is linearly dependent; scikit-learn: dependent only); |M_S| "
+        "mean (smallest): "
+        + "; ".join(
+            f"{r['s_ref']}/{r['s']}: jad {r['support_size_mean']['jad']:.1f} "
+            f"({r['support_size_min']['jad']}), jad by abs "
+            f"{r['support_size_mean']['jad_abs']:.1f}, peer "
+            f"{r['support_size_mean']['peer']:.1f} ({r['support_size_min']['peer']})"
+            for r in info["settings"]
+        )
+        + "."
+    )
+    if info["settings"] and device == "cpu":
+        best = ", ".join(
+            f"{r['s_ref']}/{r['s']}: {r['jad_speedup']:.1f}x "
+            f"(batch 1: {r['jad_speedup_batch1']:.1f}x)"
+            for r in info["settings"]
+        )
+        print(f"\ntarget (CPU): jad >= 20x faster than the peer: {best}")
+    e2e = info["end_to_end"]
+    title = (
+        f"{e2e['backbone']} ({e2e['weights'].split(' ')[0]} weights), "
+        f"{e2e['size']}x{e2e['size']}, N = {e2e['n_bank']}, s_ref {e2e['s_ref']}, "
+        f"s {e2e['s']}, levels 2+3 scored, level 4 samples"
+    )
+    if not e2e["measured"]:
+        print(f"\nSGFR end to end ({title}): not measured (no GPU)")
+        return
+    print(f"\n### SGFR end to end ({title}; {e2e['n_test']} test images)\n")
+    jad, peer = e2e["jad"], e2e["sklearn"]
+    tb = e2e.get("torch_backbone")
+    print("| impl | part | device | ms/image |")
+    print("|---|---|---|---|")
+    print(
+        f"| jad | backbone + SGFR + maps (anomaly_maps) | {device} | "
+        f"{jad['ms_per_image']:.2f} |"
+    )
+    print(
+        f"| jad | backbone (embed_images) | {device} | "
+        f"{jad['backbone_ms_per_image']:.2f} |"
+    )
+    print(f"| jad | sgfr.score | {device} | {jad['score_ms_per_image']:.2f} |")
+    if tb:
+        print(
+            f"| peer | torchvision backbone, features to host | {tb['device']} | "
+            f"{tb['ms_per_image']:.2f} |"
+        )
+    print(
+        f"| peer | scikit-learn {peer['sklearn']} OMP per image | cpu | "
+        f"{peer['ms_per_image']:.2f} |"
+    )
+    if tb:
+        print(f"| peer | total | | {e2e['peer_ms_per_image']:.2f} |")
+        print(
+            f"\npeer time / jad time (end to end): {e2e['jad_speedup']:.1f}x; ", end=""
+        )
+    else:
+        print()
+    print(
+        f"same M_S {e2e['same_support']}/{e2e['images']}, same maps "
+        f"{e2e['same_maps']}/{e2e['images']}, same M_S as jad by abs "
+        f"{e2e['same_support_jad_abs']}/{e2e['images']} (scikit-learn on jad's "
+        "features)."
+    )
 
 
 def main(argv=None):
@@ -851,8 +1507,22 @@ def main(argv=None):
     parser.add_argument(
         "--no-torch", dest="torch", action="store_false", help="skip the PyTorch peer"
     )
+    parser.add_argument(
+        "--parts",
+        default="kernels,methods,sgfr",
+        help="comma-separated parts to run out of kernels, methods, sgfr "
+        "(default all; e.g. --parts sgfr)",
+    )
     parser.add_argument("--no-kernels", dest="kernels", action="store_false")
     parser.add_argument("--no-methods", dest="methods", action="store_false")
+    parser.add_argument("--no-sgfr", dest="sgfr", action="store_false")
+    parser.add_argument(
+        "--sgfr-e2e",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="SGFR end to end with wide_resnet50_2 (random weights, 256x256, "
+        "N 200): auto runs it on a GPU only; on forces it (with --quick: tiny)",
+    )
     parser.add_argument("--category", default="brick")
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument(
@@ -872,11 +1542,27 @@ def main(argv=None):
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="tiny smoke run")
-    parser.add_argument("--json", default="experiments/results/bench_methods.json")
+    parser.add_argument(
+        "--json",
+        default=None,
+        help="default experiments/results/bench_methods.json, or "
+        "bench_methods_sgfr.json when only the sgfr part runs",
+    )
     args = parser.parse_args(argv)
     if args.worker:
         _worker_main(args.worker)
         return
+    parts = {p.strip() for p in args.parts.split(",") if p.strip()}
+    unknown = parts - {"kernels", "methods", "sgfr"}
+    if unknown:
+        parser.error(f"unknown part(s) {', '.join(sorted(unknown))}")
+    for part in ("kernels", "methods", "sgfr"):
+        setattr(args, part, getattr(args, part) and part in parts)
+    if args.json is None:
+        only_sgfr = args.sgfr and not (args.kernels or args.methods)
+        args.json = "experiments/results/bench_methods" + (
+            "_sgfr.json" if only_sgfr else ".json"
+        )
 
     # Children get the environment as it was; this process must not take (by
     # default 75% of) the GPU's memory while they run.
@@ -904,6 +1590,14 @@ def main(argv=None):
         except ImportError:
             print("torch is not installed: no PyTorch peer.")
             args.torch = False
+    if args.sgfr:
+        try:
+            import sklearn  # noqa: F401
+        except ImportError:
+            print(
+                "scikit-learn is not installed (pip install '.[bench]'): no SGFR part."
+            )
+            args.sgfr = False
 
     device = jax.devices()[0]
     report = {
@@ -939,6 +1633,8 @@ def main(argv=None):
             report["kernels"] = {**info, "rows": rows}
         if args.methods:
             report["methods"] = _methods(args, env, workdir)
+        if args.sgfr:
+            report["sgfr"] = _sgfr(args, env, workdir, gpu)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -959,6 +1655,8 @@ def main(argv=None):
                 )
     if args.methods:
         _print_methods(report["methods"], args)
+    if args.sgfr:
+        _print_sgfr(report["sgfr"], device.platform)
     if args.json:
         write_json(args.json, report)
 

@@ -22,7 +22,16 @@ data README where a peer exists:
 - ``padim-100``: PaDiM, 100 of the 176 channels of levels 1-3, 762 images (peer: 0.934
   / 0.751 / 0.736 / 0.242, fit 40 s, 60 ms/img);
 - ``padim-all``: PaDiM with all 176 channels (peer: 0.946 / 0.761 / 0.730 / 0.244, fit
-  45 s, 68 ms/img).
+  45 s, 68 ms/img);
+- ``sgfr-mtd``: SGFR with its ``mtd`` preset (levels 2, 3, 4 scored, level 4 samples
+  M_S, s_ref 10, s 7), all 762 training images (the bank: N = 762), at ``--size``
+  (default 224). Floors checked and printed (PASS/FAIL) at 224: image AUROC >= 0.90,
+  pixel AUROC >= 0.78, PRO >= 0.74;
+- ``sgfr-mtd-256``: the same at 256x256 (the row carries its own size, whatever
+  ``--size`` says). No anomalib peer has SGFR.
+
+For SGFR the ``bank_size`` column is N, the images in its per-level banks (PatchCore:
+the coreset's patches; PaDiM: 0, it keeps no bank).
 
 Run:  python experiments/mtd.py --data ../shared/data/mtd
       python experiments/mtd.py --data ../shared/data/mtd --rows padim-100 --quick
@@ -42,7 +51,7 @@ import jax
 
 from jad import backbones as bb
 from jad import data, evaluation, pipeline
-from jad.methods import PaDiMConfig, PatchCoreConfig
+from jad.methods import PaDiMConfig, PatchCoreConfig, sgfr
 
 ROWS = {
     "patchcore-anomalib-300": (
@@ -52,6 +61,13 @@ ROWS = {
         "patchcore", PatchCoreConfig.anomalib(coreset_ratio=0.1), 762),
     "padim-100": ("padim", PaDiMConfig(n_features=100), 762),
     "padim-all": ("padim", PaDiMConfig(n_features=0), 762),
+    # A fourth item is the row's own image size (default: --size).
+    "sgfr-mtd": ("sgfr", sgfr.PRESETS["mtd"], 762),
+    "sgfr-mtd-256": ("sgfr", sgfr.PRESETS["mtd"], 762, 256),
+}
+# Floors (metric: minimum) checked for a row at the given size.
+FLOORS = {
+    "sgfr-mtd": (224, dict(image_auroc=0.90, pixel_auroc=0.78, pro=0.74)),
 }
 PEERS = {
     "patchcore-anomalib-300": dict(image_auroc=0.860, pixel_auroc=0.769, pro=0.657,
@@ -61,7 +77,28 @@ PEERS = {
     "padim-all": dict(image_auroc=0.946, pixel_auroc=0.761, pro=0.730,
                       pixel_ap=0.244, fit_seconds=45, ms=68),
 }
-DEFAULT_ROWS = "patchcore-anomalib-300,patchcore-official-300,padim-100,padim-all"
+DEFAULT_ROWS = (
+    "patchcore-anomalib-300,patchcore-official-300,padim-100,padim-all,sgfr-mtd"
+)
+
+
+def _bank_size(state) -> int:
+    """PatchCore: patches in the memory bank; SGFR: images in its banks; else 0."""
+    if hasattr(state, "memory_bank"):
+        return int(state.memory_bank.shape[0])
+    banks = getattr(state, "banks", None)
+    if banks:
+        return int(next(iter(banks.values())).shape[0])
+    return 0
+
+
+def _floor_checks(row: dict) -> list[dict] | None:
+    """PASS/FAIL per floor of the row, when it has floors at the row's size."""
+    size_floors = FLOORS.get(row["row"])
+    if size_floors is None or size_floors[0] != row["size"]:
+        return None
+    return [{"metric": m, "floor": f, "value": row[m], "pass": bool(row[m] >= f)}
+            for m, f in size_floors[1].items()]
 
 
 def main(argv=None):
@@ -82,18 +119,28 @@ def main(argv=None):
         if r not in ROWS:
             parser.error(f"unknown row {r!r}; valid rows: {', '.join(ROWS)}")
 
-    transform = data.Transform(size=args.size)
-    test = data.load_dataset("mtd", args.data, None, "test", transform=transform)
-    if args.quick:
-        import dataclasses
+    tests = {}
 
-        test = dataclasses.replace(test, samples=test.samples[150:230])
+    def test_set(size):  # loaded once per image size
+        if size not in tests:
+            transform = data.Transform(size=size)
+            test = data.load_dataset("mtd", args.data, None, "test",
+                                     transform=transform)
+            if args.quick:
+                import dataclasses
+
+                test = dataclasses.replace(test, samples=test.samples[150:230])
+            tests[size] = (transform, test)
+        return tests[size]
+
     backbone = "efficientnet_lite0"
     variables = bb.load_pretrained(backbone)
     out = Path(args.out)
     results = []
     for name in rows:
-        method, config, num_train = ROWS[name]
+        method, config, num_train, *rest = ROWS[name]
+        size = rest[0] if rest else args.size
+        transform, test = test_set(size)
         if args.quick:
             num_train = 40
         train = data.load_dataset("mtd", args.data, None, "train",
@@ -108,32 +155,41 @@ def main(argv=None):
         result = evaluation.evaluate(detector, test, batch_size=args.batch_size,
                                      num_workers=args.workers)
         evaluation.save_overlays(result, test, out / "overlays" / name, limit=6)
-        row = {"row": name, "method": method, "num_train": len(train),
-               "fit_seconds": fit_seconds, **result.metrics,
-               "bank_size": int(getattr(detector.state, "memory_bank",
-                                        jax.numpy.zeros((0,))).shape[0])}
+        row = {"row": name, "method": method, "size": size,
+               "num_train": len(train), "fit_seconds": fit_seconds, **result.metrics,
+               "bank_size": _bank_size(detector.state)}
+        checks = _floor_checks(row)
+        if checks is not None:
+            row["floors"] = checks
         results.append(row)
         print(json.dumps(row), flush=True)
 
     print()
-    print("| row | train imgs | image AUROC | pixel AUROC | PRO@0.3 | pixel AP | fit s "
-          "| test ms/img | anomalib peer (img / pix / PRO / AP, fit s, ms) |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| row | size | train imgs | image AUROC | pixel AUROC | PRO@0.3 | pixel AP "
+          "| fit s | test ms/img | anomalib peer (img / pix / PRO / AP, fit s, ms) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         peer = PEERS.get(r["row"])
         peer_text = "-" if peer is None or args.quick else (
             f"{peer['image_auroc']:.3f} / {peer['pixel_auroc']:.3f} / "
             f"{peer['pro']:.3f} / {peer['pixel_ap']:.3f}, {peer['fit_seconds']} s, "
             f"{peer['ms']} ms")
-        print(f"| {r['row']} | {r['num_train']} | {r['image_auroc']:.3f} | "
-              f"{r['pixel_auroc']:.3f} | {r['pro']:.3f} | {r['pixel_ap']:.3f} | "
+        print(f"| {r['row']} | {r['size']} | {r['num_train']} | "
+              f"{r['image_auroc']:.3f} | {r['pixel_auroc']:.3f} | {r['pro']:.3f} | "
+              f"{r['pixel_ap']:.3f} | "
               f"{r['fit_seconds']:.0f} | {r['seconds_per_image'] * 1e3:.0f} | "
               f"{peer_text} |")
+    for r in results:
+        for c in r.get("floors", ()):
+            print(f"{r['row']} ({r['size']}): {c['metric']} {c['value']:.3f} >= "
+                  f"{c['floor']:.2f}: {'PASS' if c['pass'] else 'FAIL'}"
+                  + (" (quick run: the floors are for the full row)"
+                     if args.quick else ""))
     out.mkdir(parents=True, exist_ok=True)
     report = {
         "benchmark": "mtd",
         "split_seed": 0,
-        "size": args.size,
+        "size": args.size,  # rows with their own size say so ("size" per row)
         "backbone": backbone,
         "quick": args.quick,
         "jax_backend": jax.default_backend(),
@@ -141,6 +197,7 @@ def main(argv=None):
         "platform": platform.platform(),
         "rows": results,
         "anomalib_peer": PEERS,
+        "floors": {k: {"size": v[0], **v[1]} for k, v in FLOORS.items()},
     }
     path = out / "mtd.json"
     path.write_text(json.dumps(report, indent=2))

@@ -16,6 +16,7 @@ __all__ = [
     "avg_pool_np",
     "mahalanobis_np",
     "official_greedy_np",
+    "omp_loop",
     "unfold_np",
 ]
 
@@ -148,3 +149,42 @@ def mahalanobis_np(covariance, mean, x) -> float:
     diff = np.asarray(x, np.float64) - np.asarray(mean, np.float64)
     sq = float(diff @ np.linalg.solve(np.asarray(covariance, np.float64), diff))
     return float(np.sqrt(max(sq, 0.0)))
+
+
+# ----------------------------------------------------------------- SGFR
+
+
+def omp_loop(X, y, s, eps, allowed=None):
+    """SGFR Algorithm 1 as written: X (m, N) columns, signed argmax, LS, residual.
+
+    Returns the ordered support and the residual e (SGFR eq. 5).
+    """
+    allowed = np.arange(X.shape[1]) if allowed is None else np.asarray(allowed)
+    support, e = [], y.copy()
+    while len(support) < s and np.linalg.norm(e) > eps:
+        candidates = [j for j in allowed if j not in support]
+        if not candidates:
+            break
+        corr = X[:, candidates].T @ e  # SGFR eq. 3: no absolute value
+        support.append(candidates[int(np.argmax(corr))])
+        q, r = np.linalg.qr(X[:, support])  # eq. 4: least squares by QR
+        coef = np.linalg.solve(r, q.T @ y)
+        e = y - X[:, support] @ coef  # eq. 5
+    return support, e
+
+
+def sgfr_maps_np(banks, test, score_levels, ref_level, s_ref, s, eps=1e-6):
+    """SGFR Algorithm 2 in float64: per image M_S at ``ref_level``, then per-level
+    per-location L2 norms of e_l from OMP over M_S. banks/test: level -> (N|B, h, w, c).
+    """
+    n = len(banks[ref_level])
+    X = {lv: np.asarray(b, np.float64).reshape(n, -1).T for lv, b in banks.items()}
+    out = {lv: [] for lv in score_levels}
+    for b in range(len(test[ref_level])):
+        m_s, _ = omp_loop(X[ref_level], np.asarray(test[ref_level][b], np.float64)
+                          .reshape(-1), s_ref, eps)
+        for lv in score_levels:
+            y = np.asarray(test[lv][b], np.float64)
+            _, e = omp_loop(X[lv], y.reshape(-1), s, eps, allowed=m_s)
+            out[lv].append(np.linalg.norm(e.reshape(y.shape), axis=-1))
+    return {lv: np.stack(maps) for lv, maps in out.items()}

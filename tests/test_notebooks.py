@@ -2,7 +2,13 @@
 
 The install cell runs as it is (only its REPO_URL form field is edited, as Colab's form
 does) in a bare virtual environment where jad is not installed; `pip` there is either a
-stub that records its command line and installs a stub jad, or the real pip.
+stub that records its command line and installs a stub jad, or the real pip. Every
+notebook's install cell is quickstart.ipynb's, character for character (tested), so
+those runs use quickstart's cell only.
+
+The code cells run with JAD_NOTEBOOK_TINY=1, which a notebook may read to shrink its
+data (sgfr.ipynb: 64-pixel images, 6 training images), and with one jad cache for all
+notebooks, so the built-in data set and the converted weights are made once.
 """
 
 from __future__ import annotations
@@ -21,7 +27,11 @@ import pytest
 
 import jad
 
-NOTEBOOKS = sorted((pathlib.Path(__file__).parents[1] / "colab").glob("*.ipynb"))
+COLAB = pathlib.Path(__file__).parents[1] / "colab"
+NOTEBOOKS = sorted(COLAB.glob("*.ipynb"))
+QUICKSTART = COLAB / "quickstart.ipynb"
+# The install cell's runs: quickstart's cell, which every notebook's equals.
+INSTALL = [QUICKSTART]
 FORM_FIELD = re.compile(r'(?m)^REPO_URL = "(.*)"  # @param \{type:"string"\}$')
 # What the bare environment pretends Colab ships; the cell must pin exactly these.
 SHIPPED = {
@@ -119,9 +129,19 @@ def _checkout(folder):
 
 def test_there_are_notebooks():
     assert NOTEBOOKS, "colab/ holds no notebook"
+    assert QUICKSTART in NOTEBOOKS
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.name)
+def test_every_notebook_starts_with_quickstarts_install_cell(notebook):
+    # What makes testing quickstart's install cell alone enough.
+    assert _install_cell(notebook) == _install_cell(QUICKSTART)
+    cells = json.loads(notebook.read_text())["cells"]
+    first = next(cell for cell in cells if cell["cell_type"] == "code")
+    assert "".join(first["source"]) == _install_cell(QUICKSTART)
+
+
+@pytest.mark.parametrize("notebook", INSTALL, ids=lambda p: p.name)
 def test_install_cell_does_nothing_when_jad_is_installed(notebook, tmp_path):
     done = _run_cell(sys.executable, _install_cell(notebook), tmp_path, tmp_path)
     assert done.returncode == 0, done.stderr
@@ -131,7 +151,7 @@ def test_install_cell_does_nothing_when_jad_is_installed(notebook, tmp_path):
 
 # Colab after `!git clone URL jad`; Jupyter in the repository's root or its colab/.
 @pytest.mark.parametrize("layout", ["clone", "root", "colab"])
-@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.name)
+@pytest.mark.parametrize("notebook", INSTALL, ids=lambda p: p.name)
 def test_install_cell_installs_a_local_checkout_keeping_jax(notebook, layout, tmp_path):
     python = _bare_python(tmp_path / "venv", real_pip=False)
     work = tmp_path / "work"
@@ -148,7 +168,7 @@ def test_install_cell_installs_a_local_checkout_keeping_jax(notebook, layout, tm
     assert "Installed jad 9.9 (" in done.stdout
 
 
-@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.name)
+@pytest.mark.parametrize("notebook", INSTALL, ids=lambda p: p.name)
 def test_install_cell_installs_repo_url_with_git_keeping_jax(notebook, tmp_path):
     python = _bare_python(tmp_path / "venv", real_pip=False)
     url = "https://example.org/someone/jad@v1"
@@ -163,7 +183,7 @@ def test_install_cell_installs_repo_url_with_git_keeping_jax(notebook, tmp_path)
 @pytest.mark.parametrize(
     "repo_url", [None, "", " "], ids=["placeholder", "empty", "blank"]
 )
-@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.name)
+@pytest.mark.parametrize("notebook", INSTALL, ids=lambda p: p.name)
 def test_install_cell_without_source_says_to_set_repo_url(notebook, repo_url, tmp_path):
     python = _bare_python(tmp_path / "venv", real_pip=False)
     (tmp_path / "work").mkdir()
@@ -174,7 +194,7 @@ def test_install_cell_without_source_says_to_set_repo_url(notebook, repo_url, tm
     assert not (tmp_path / "pip.json").exists()  # pip never ran
 
 
-@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.name)
+@pytest.mark.parametrize("notebook", INSTALL, ids=lambda p: p.name)
 def test_install_cell_unreachable_url_fails_with_pips_reason(notebook, tmp_path):
     if shutil.which("git") is None:
         pytest.skip("pip needs git to clone a git+ URL")
@@ -189,9 +209,15 @@ def test_install_cell_unreachable_url_fails_with_pips_reason(notebook, tmp_path)
     assert "REPO_URL" in sentence
 
 
+@pytest.fixture(scope="module")
+def notebook_cache(tmp_path_factory):
+    """One JAD_CACHE for every notebook run (built-in data, converted weights)."""
+    return tmp_path_factory.mktemp("jad_cache")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.name)
-def test_notebook_runs(notebook, tmp_path):
+def test_notebook_runs(notebook, tmp_path, notebook_cache):
     pytest.importorskip("matplotlib")
     cells = json.loads(notebook.read_text())["cells"]
     code = "\n\n".join(
@@ -199,7 +225,12 @@ def test_notebook_runs(notebook, tmp_path):
     )
     script = tmp_path / "notebook.py"
     script.write_text(code)
-    env = dict(os.environ, JAD_CACHE=str(tmp_path / "cache"), MPLBACKEND="Agg")
+    env = dict(
+        os.environ,
+        JAD_CACHE=str(notebook_cache),
+        JAD_NOTEBOOK_TINY="1",
+        MPLBACKEND="Agg",
+    )
     done = subprocess.run(
         [sys.executable, str(script)],
         cwd=tmp_path,

@@ -2,10 +2,11 @@
 
 Every public function of :mod:`jad.sparse`, :mod:`jad.metrics`, :mod:`jad.ops`
 (including ``nearest_neighbors``), the method modules (:mod:`jad.methods`,
-:mod:`jad.methods.patchcore`, :mod:`jad.methods.padim`) and the array entry points of
-:mod:`jad.pipeline` is called on hypothesis-drawn inputs: random ranks, zero-size
-axes, NaN and inf, every dtype (bool, int8..int64, uint8, float16, bfloat16, float32,
-float64, complex64), mismatched shapes and out-of-range arguments. For each call:
+:mod:`jad.methods.patchcore`, :mod:`jad.methods.padim`, :mod:`jad.methods.sgfr`) and
+the array entry points of :mod:`jad.pipeline` is called on hypothesis-drawn inputs:
+random ranks, zero-size axes, NaN and inf, every dtype (bool, int8..int64, uint8,
+float16, bfloat16, float32, float64, complex64), mismatched shapes and out-of-range
+arguments. For each call:
 
 - either it raises a documented error (``ValueError``, ``TypeError``,
   ``jad.errors.DatasetError``, ``jad.errors.WeightsError``) from jad's own code (not
@@ -49,7 +50,7 @@ import scipy.fft
 import scipy.ndimage as ndi
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
-from references import adaptive_avg_pool_np, avg_pool_np, unfold_np
+from references import adaptive_avg_pool_np, avg_pool_np, sgfr_maps_np, unfold_np
 from skimage.measure import label as sk_label
 from sklearn import metrics as skm
 from sklearn.random_projection import johnson_lindenstrauss_min_dim
@@ -58,7 +59,7 @@ import jad
 from jad import detector as jdet
 from jad import metrics, ops, pipeline, sparse
 from jad.errors import DatasetError, WeightsError
-from jad.methods import padim, patchcore
+from jad.methods import padim, patchcore, sgfr
 
 # ----------------------------------------------------------------- registry
 
@@ -72,6 +73,7 @@ FUZZED_MODULES = (
     "jad.methods",
     "jad.methods.patchcore",
     "jad.methods.padim",
+    "jad.methods.sgfr",
     "jad.pipeline",
     "jad.detector",
     "jad.io",
@@ -80,6 +82,7 @@ NOT_FUZZED = {
     "jad.methods.make_config": "takes a method and preset name and config fields",
     "jad.methods.patchcore.init": "reads only the embeddings' shape (eval_shape)",
     "jad.methods.padim.init": "reads only the embeddings' shape (eval_shape)",
+    "jad.methods.sgfr.init": "reads only the embeddings' shape (eval_shape)",
     "jad.io.atomic_folder": "takes a path, no arrays",
     "jad.io.file_digests": "takes a path, no arrays",
     "jad.io.recover": "takes a path, no arrays",
@@ -2951,3 +2954,118 @@ def test_calibrate(detectors, method, batches, quantile):
         label=label,
     )
     close((out.map_min, out.map_max), (maps.min(), maps.max()), label=label)
+
+
+# ================================================================= jad.methods.sgfr
+
+SG_CONFIG = sgfr.SGFRConfig(score_levels=(1,), ref_level=2, s_ref=3, s=2, sigma=1.0)
+SG_SHAPES = {1: (2, 2, 3), 2: (1, 1, 4)}
+
+
+def _sgfr_bank(n=6):
+    return {lv: _train((n, *shape), seed=lv) for lv, shape in SG_SHAPES.items()}
+
+
+def _sgfr_state():
+    if "sgfr" not in _STATES:
+        _STATES["sgfr"] = sgfr.fit(SG_CONFIG, _sgfr_bank())
+    return _STATES["sgfr"]
+
+
+SG_FIRST = ((2, 2, 2, 3), (2, 2, 2, 3), (2, 2, 2, 3), (1, 2, 2, 3), (2, 2, 3),
+            (2, 1, 2, 3), (0, 2, 2, 3))
+
+
+@st.composite
+def sgfr_embeddings(draw):
+    """dict {1: (B, 2, 2, 3), 2: (B, 1, 1, 4)} with faults: shapes, dtypes, values,
+    a missing level, a batch that differs between levels, not a dict."""
+    first = draw(arrays(SG_FIRST))
+    batch = np.shape(first)[0] if np.ndim(first) == 4 else 2
+    second = draw(arrays(((batch, 1, 1, 4),) * 4 + ((batch + 1, 1, 1, 4),),
+                         dtypes=("float32",), kinds=("normal",) * 4 + ("nan",)))
+    form = draw(st.sampled_from(("dict",) * 6 + ("missing", "list")))
+    if form == "missing":
+        return {1: first}
+    if form == "list":
+        return [first, second]
+    return {1: first, 2: second}
+
+
+def _sgfr_valid(embeddings):
+    """True / False for concrete inputs (non-finite is refused at the boundary)."""
+    if not isinstance(embeddings, dict) or set(embeddings) != {1, 2}:
+        return False
+    a, b = embeddings[1], embeddings[2]
+    return (_floats_ok(a, b) and np.ndim(a) == 4 and np.shape(a)[1:] == (2, 2, 3)
+            and np.shape(a)[0] == np.shape(b)[0] and _finite(a) and _finite(b))
+
+
+@fuzzes("jad.methods.sgfr.score", "jad.methods.sgfr.loss_context",
+        "jad.methods.sgfr.feature_loss", "jad.methods.sgfr.representation_error")
+@settings(max_examples=budget(1.0))
+@given(kind=st.sampled_from(("sgfr",) * 5 + ("padim", "none")),
+       embeddings=sgfr_embeddings())
+def test_sgfr_score(kind, embeddings):
+    label = "sgfr.score"
+    st_ = _sgfr_state() if kind == "sgfr" else _patchcore_state(kind)
+    out = attempt(label, sgfr.score, st_, embeddings)
+    valid = kind == "sgfr" and _sgfr_valid(embeddings)
+    if valid and 0 in np.shape(embeddings[1]):
+        valid = None  # an empty batch: empty maps or a refusal
+    if not refuse_or_succeed(label, out, valid):
+        return
+    context = attempt("sgfr.loss_context", sgfr.loss_context, st_, embeddings)
+    loss = attempt("sgfr.feature_loss", sgfr.feature_loss, st_, embeddings, context)
+    error = attempt("sgfr.representation_error", sgfr.representation_error, st_,
+                    embeddings)
+    if not valid:
+        return
+    check_result(label, out[1], list(embeddings.values()))
+    ref = sgfr_maps_np(st_.banks, embeddings, (1,), 2, 3, 2)
+    close(out[1], ref[1], dtype=_tolerance_dtype(embeddings[1]), label=label,
+          scale=10.0)
+    # F2PAD's loss with M_S from the same images is the score; eq. 9's
+    # reconstruction error is the mean of the L2 map.
+    np.testing.assert_allclose(loss[1], out[1], rtol=1e-6, atol=1e-6)
+    close(error.reconstruction, np.mean(ref[1], axis=(1, 2)),
+          dtype=_tolerance_dtype(embeddings[1]), label="representation_error",
+          scale=10.0)
+    assert np.all(np.isfinite(error.matching)) and np.all(error.matching >= 0)
+
+
+def test_sgfr_traced_nan_gives_nan_maps_for_that_image_only():
+    state = _sgfr_state()
+    test = {lv: _train((2, *shape), seed=5) for lv, shape in SG_SHAPES.items()}
+    test[2][1, 0, 0, 0] = np.nan  # the sampling level of image 1
+    maps = jax.jit(lambda e: sgfr.score(state, e))(test)[1]
+    assert np.all(np.isfinite(maps[0])) and np.all(np.isnan(maps[1]))
+    with pytest.raises(ValueError, match="sgfr.score: embeddings.2. contains NaN"):
+        sgfr.score(state, test)
+
+
+@fuzzes("jad.methods.sgfr.fit", "jad.methods.sgfr.embed")
+@settings(max_examples=budget(0.75))
+@given(
+    config=st.sampled_from(("sgfr",) * 4 + ("padim",)),
+    first=arrays(((6, 2, 2, 3), (6, 2, 2, 3), (3, 2, 2, 3), (5, 2, 2, 3), (6, 2, 3),
+                  (0, 2, 2, 3))),
+)
+def test_sgfr_fit(config, first):
+    label = "sgfr.fit"
+    cfg = SG_CONFIG if config == "sgfr" else PD_CONFIG
+    n = np.shape(first)[0] if np.ndim(first) else 0
+    embeddings = {1: first, 2: _train((6, 1, 1, 4), seed=2)}
+    out = attempt(label, sgfr.fit, cfg, embeddings)
+    valid = (config == "sgfr" and _floats_ok(first) and np.ndim(first) == 4
+             and n == 6 and _finite(first))
+    if not refuse_or_succeed(label, out, valid):
+        return
+    for lv in (1, 2):
+        flat = np.asarray(embeddings[lv], np.float64).reshape(6, -1)
+        close(out.grams[lv], flat @ flat.T, dtype=_tolerance_dtype(first),
+              label=label, scale=10.0)
+    emb = attempt("sgfr.embed", sgfr.embed, cfg, {0: first, **embeddings})
+    assert not isinstance(emb, Refused) and set(emb) == {1, 2}
+    with pytest.raises(ValueError, match="sgfr.embed"):
+        sgfr.embed(cfg, {1: first})

@@ -1,10 +1,11 @@
 """Anomaly-detection methods behind one protocol (see :mod:`jad.methods.base`).
 
-``jad.methods.patchcore`` and ``jad.methods.padim`` are the baselines; each registers
-itself so :func:`get_method` and the command line find it by name.
+``jad.methods.patchcore`` and ``jad.methods.padim`` are the baselines,
+``jad.methods.sgfr`` the first seed method; each registers itself so
+:func:`get_method` and the command line find it by name.
 """
 
-from jad.methods import padim, patchcore
+from jad.methods import padim, patchcore, sgfr
 from jad.methods.base import (
     Method,
     get_method,
@@ -29,4 +30,5 @@ __all__ = [
     "patchcore",
     "postprocess",
     "register",
+    "sgfr",
 ]
