@@ -36,10 +36,13 @@ the metrics are ``jad.evaluation.evaluate``'s, as a sanity check.
 
 Part 3, SGFR scoring (``--parts sgfr``), jad against the peer a user would write
 today, scikit-learn's ``orthogonal_mp_gram`` per image. Embeddings: the real
-``efficientnet_lite0`` features of the same data set (all 40 training images are the
-bank, N = 40; the 28 test images are scored) at the ``mtd`` preset's levels (2, 3, 4
-scored, 4 samples), for (s_ref, s) = (10, 7) (the preset) and (40, 17). Both get the
-same embeddings and precompute the Gram matrices X^T X once (jad: ``sgfr.fit``). jad:
+``efficientnet_lite0`` features of MTD (``--sgfr-mtd``, default ``../shared/data/mtd``:
+the first 200 images of its seeded training order are the bank, N = 200, and 32 test
+images are scored), or, where MTD is absent, of the built-in data set (its 40
+training images are the bank; the 28 test images are scored) at the ``mtd`` preset's
+levels (2, 3, 4 scored, 4 samples), for (s_ref, s) = (10, 7) (the preset) and (40,
+17). Both get the same embeddings and precompute the Gram matrices X^T X once (jad:
+``sgfr.fit``). jad:
 ``sgfr.score`` jitted (compilation excluded, ``block_until_ready``), all test images in
 one batch and, apart, one image at a time. Peer, per image: X^T y at the reference
 level, ``orthogonal_mp_gram(gram, Xy, n_nonzero_coefs=s_ref)`` picks M_S, then per
@@ -542,12 +545,18 @@ def _w_sgfr_embed(job):
 
     config = _sgfr_config(job)
     transform = data.Transform(size=job["size"])
-    split = {
-        s: data.load_dataset(
-            "mvtec", job["data_root"], job["category"], s, transform=transform
-        )
-        for s in ("train", "test")
-    }
+    if job.get("mtd"):  # MTD's seeded split: the first N training images
+        split = {
+            s: data.load_dataset("mtd", job["mtd"], None, s, transform=transform)
+            for s in ("train", "test")
+        }
+    else:
+        split = {
+            s: data.load_dataset(
+                "mvtec", job["data_root"], job["category"], s, transform=transform
+            )
+            for s in ("train", "test")
+        }
     if job["num_train"]:
         split["train"] = dataclasses.replace(
             split["train"], samples=split["train"].samples[: job["num_train"]]
@@ -1222,6 +1231,7 @@ def _sgfr(args, env, workdir, gpu):
 
     preset = sgfr.PRESETS["mtd"]
     root = data.builtin_dataset(root=args.data_root, category=args.category)
+    mtd = args.sgfr_mtd if args.sgfr_mtd and os.path.isdir(args.sgfr_mtd) else None
     repeat = max(args.repeat, 3)
     common = dict(preset="mtd", prefix="brick")
     r = _spawn(
@@ -1235,19 +1245,21 @@ def _sgfr(args, env, workdir, gpu):
         category=args.category,
         size=args.size,
         batch_size=args.batch_size,
-        num_train=None if args.quick else args.num_train,
-        num_test=8 if args.quick else None,
+        num_train=(None if args.quick else args.num_train) or (200 if mtd else None),
+        num_test=8 if args.quick else (32 if mtd else None),
+        mtd=mtd,
     )
     shapes = r["shapes"]
     n_bank = shapes["train"][str(preset.ref_level)][0]
     print(
-        f"sgfr: built-in '{args.category}' {args.size}x{args.size}, efficientnet_lite0 "
+        f"sgfr: {'MTD' if mtd else repr(args.category)} {args.size}x{args.size}, "
+        "efficientnet_lite0 "
         f"levels {preset.levels}: bank N = {n_bank}, "
         f"{shapes['test'][str(preset.ref_level)][0]} test images",
         flush=True,
     )
     info = {
-        "data": f"builtin:{args.category}",
+        "data": "mtd" if mtd else f"builtin:{args.category}",
         "size": args.size,
         "backbone": "efficientnet_lite0",
         "score_levels": list(preset.score_levels),
@@ -1350,7 +1362,7 @@ def _sgfr(args, env, workdir, gpu):
 
 def _print_sgfr(info, device):
     print(
-        f"\n### SGFR scoring (built-in '{info['data'].split(':')[1]}', "
+        f"\n### SGFR scoring ({info['data']}, "
         f"{info['size']}x{info['size']}, {info['backbone']}, levels "
         f"{tuple(info['score_levels'])} scored, level {info['ref_level']} samples; "
         f"bank N = {info['n_bank']})\n"
@@ -1392,10 +1404,9 @@ def _print_sgfr(info, device):
         "same set, 'same maps' those whose maps agree to 1e-3 of their maximum; "
         "'same M_S as jad by abs' compares the peer with jad's omp_gram run with "
         "selection='abs' (scikit-learn's rule), a control that the peer computes the "
-        "same pursuit. A pursuit may stop before s_ref (jad: when the next atom would "
-        "lower |e|^2 by less than a float32 epsilon of |y|^2, which with signed "
-        "selection happens once no atom left has a positive correlation with the "
-        "residual, or is linearly dependent; scikit-learn: dependent only); |M_S| "
+        "same pursuit. A pursuit may stop before s_ref (jad: at an exact fit, when "
+        "no atom left correlates with the residual beyond float32 rounding, or at a "
+        "linearly dependent atom; scikit-learn: dependent only); |M_S| "
         "mean (smallest): "
         + "; ".join(
             f"{r['s_ref']}/{r['s']}: jad {r['support_size_mean']['jad']:.1f} "
@@ -1524,6 +1535,12 @@ def main(argv=None):
         "N 200): auto runs it on a GPU only; on forces it (with --quick: tiny)",
     )
     parser.add_argument("--category", default="brick")
+    parser.add_argument(
+        "--sgfr-mtd",
+        default=os.path.join("..", "shared", "data", "mtd"),
+        help="MTD root for the SGFR part (bank: its first 200 training images, or "
+        "--num-train; 32 test images); the built-in data when it is absent",
+    )
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument(
         "--batch-size",

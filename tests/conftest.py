@@ -14,6 +14,7 @@ environment variable ``JAD_HYPOTHESIS_PROFILE=deep`` or hypothesis's own
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 
 import jax
@@ -56,6 +57,21 @@ def x64_if(dtype) -> contextlib.AbstractContextManager:
 def loosen(tolerance: float, factor: float = 10.0) -> float:
     """``tolerance`` on CPU; ``factor`` times looser on GPU/TPU (other reductions)."""
     return tolerance if jax.default_backend() == "cpu" else tolerance * factor
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _free_compiled_programs():
+    """Drops JAX's compiled programs after each test module.
+
+    Every program XLA compiles for the CPU maps a few memory regions (about 3.3),
+    which stay while jax caches the program. The suite compiles thousands of them in
+    one process; past Linux's default ``vm.max_map_count`` (65530) XLA's compiler
+    crashes with a segmentation fault. Modules share few programs, so clearing the
+    caches between them costs little.
+    """
+    yield
+    jax.clear_caches()
+    gc.collect()
 
 
 @pytest.fixture

@@ -284,15 +284,11 @@ def _residual_map(e, norm):
     return jnp.mean(jnp.abs(e), axis=-1)
 
 
-def _sample_one(state: SGFRState, y_ref):
-    """M_S of one test image (SGFR eq. 6-7): (s_ref,) indices, -1 padded."""
+def _sample_one(state: SGFRState, xy, norm_squared):
+    """M_S of one image from X_refᵀy (SGFR eq. 6-7): (s_ref,) indices, -1 padded."""
     config = state.config
-    bank = state.banks[config.ref_level]
-    flat = bank.reshape(bank.shape[0], -1)
-    y = y_ref.reshape(-1)
-    xy = jnp.einsum("nm,m->n", flat, y, precision=_HIGHEST)
     result = omp_gram(state.grams[config.ref_level], xy, config.s_ref,
-                      norms_squared=jnp.sum(y * y), tol=config.epsilon,
+                      norms_squared=norm_squared, tol=config.epsilon,
                       selection="signed")
     return result.support
 
@@ -332,8 +328,13 @@ def _supports(state: SGFRState, embeddings):
     config = state.config
     batch = embeddings[config.ref_level].shape[0]
     if config.sampling == "subspace":
-        return _per_image(functools.partial(_sample_one, state),
-                          embeddings[config.ref_level])
+        # X_refᵀ y for the whole batch: one matrix product (the bank is read once)
+        bank = state.banks[config.ref_level]
+        y = embeddings[config.ref_level].reshape(batch, -1)
+        xy = jnp.einsum("nm,bm->bn", bank.reshape(bank.shape[0], -1), y,
+                        precision=_HIGHEST)
+        return _per_image(functools.partial(_sample_one, state), xy,
+                          jnp.sum(y * y, axis=1))
     n = state.banks[config.ref_level].shape[0]
     every = state.subset if config.sampling == "random" else jnp.arange(n)
     return jnp.broadcast_to(every.astype(jnp.int32), (batch, every.shape[0]))
