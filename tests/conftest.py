@@ -74,6 +74,20 @@ def _free_compiled_programs():
     gc.collect()
 
 
+_MAPS = "/proc/self/maps"
+
+
+@pytest.fixture(autouse=True)
+def _free_compiled_programs_when_maps_run_high():
+    """Within a long module too: clears the caches past 40,000 memory maps."""
+    yield
+    if os.path.exists(_MAPS):
+        with open(_MAPS, "rb") as maps:
+            if sum(1 for _ in maps) > 40_000:
+                jax.clear_caches()
+                gc.collect()
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     """Seeded numpy generator (a fresh one per test)."""

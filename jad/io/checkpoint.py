@@ -381,6 +381,8 @@ def _interrupts_deferred() -> Iterator[None]:
     except ValueError:  # not the main interpreter
         yield
         return
+    if previous is None:  # installed outside Python: restore Python's default
+        previous = signal.default_int_handler
     try:
         yield
     finally:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import numbers
 from typing import NamedTuple
 
 import flax.struct
@@ -99,7 +100,15 @@ class SGFRConfig:
 
     def __post_init__(self):
         fn = "SGFRConfig"
-        score_levels = tuple(self.score_levels)
+        if not isinstance(self.score_levels, (tuple, list)) or not all(
+                isinstance(lv, numbers.Integral) and not isinstance(lv, bool)
+                for lv in self.score_levels):
+            raise TypeError(f"{fn}: score_levels must be a tuple of ints; got "
+                            f"{self.score_levels!r}.")
+        if len(set(self.score_levels)) != len(self.score_levels):
+            raise ValueError(f"{fn}: score_levels must not repeat a level; got "
+                             f"{tuple(self.score_levels)}.")
+        score_levels = tuple(int(lv) for lv in self.score_levels)
         derived = tuple(sorted({*score_levels, self.ref_level}))
         if self.levels and tuple(self.levels) != derived:
             raise ValueError(
@@ -114,8 +123,9 @@ class SGFRConfig:
             raise ValueError(f"{fn}: score_levels must not be empty.")
         _checks.check_int(fn, "s_ref", self.s_ref, low=1)
         _checks.check_int(fn, "s", self.s, low=1, high=self.s_ref)
-        if not float(self.epsilon) >= 0:
-            raise ValueError(f"{fn}: epsilon must be >= 0; got {self.epsilon}.")
+        if not 0 <= float(self.epsilon) < float("inf"):
+            raise ValueError(f"{fn}: epsilon must be finite and >= 0; got "
+                             f"{self.epsilon}.")
         _checks.check_choice(fn, "sampling", self.sampling, _SAMPLING)
         _checks.check_choice(fn, "norm", self.norm, _NORMS)
         check_postprocess(fn, self)
@@ -297,10 +307,15 @@ def _reconstruct_one(state: SGFRState, level: int, y, support, norm=None):
     """e_l of one image from the bank entries ``support`` (-1: none), as a map."""
     config = state.config
     bank = state.banks[level]
-    valid = support >= 0
-    index = jnp.where(valid, support, 0)
-    sub = bank[index].reshape(index.shape[0], -1)  # (s_ref, m) gathered entries
-    gram = state.grams[level][index][:, index]
+    if support is None:  # every entry (sampling "none"): no copy of the bank
+        sub = bank.reshape(bank.shape[0], -1)
+        gram = state.grams[level]
+        valid = None
+    else:
+        valid = support >= 0
+        index = jnp.where(valid, support, 0)
+        sub = bank[index].reshape(index.shape[0], -1)  # (s_ref, m) gathered entries
+        gram = state.grams[level][index][:, index]
     y_flat = y.reshape(-1)
     xy = jnp.einsum("km,m->k", sub, y_flat, precision=_HIGHEST)
     result = omp_gram(gram, xy, config.s, norms_squared=jnp.sum(y_flat * y_flat),
@@ -326,6 +341,7 @@ def _per_image(fn, *xs):
 
 def _supports(state: SGFRState, embeddings):
     config = state.config
+    embeddings = jax.lax.stop_gradient(embeddings)  # M_S is a selection: no gradient
     batch = embeddings[config.ref_level].shape[0]
     if config.sampling == "subspace":
         # X_refᵀ y for the whole batch: one matrix product (the bank is read once)
@@ -341,6 +357,11 @@ def _supports(state: SGFRState, embeddings):
 
 
 def _maps(state: SGFRState, embeddings, supports) -> dict:
+    """Per-level maps from (B, k) supports, or from every entry when None."""
+    if supports is None:
+        return {level: _per_image(lambda y, lv=level: _reconstruct_one(
+                    state, lv, y, None), embeddings[level])
+                for level in state.config.score_levels}
     return {
         level: _per_image(functools.partial(_reconstruct_one, state, level),
                           embeddings[level], supports)
@@ -374,7 +395,8 @@ def score(state: SGFRState, embeddings) -> dict:
     config = state.config
     emb = _check_embeddings(fn, state, embeddings,
                             (*config.score_levels, config.ref_level))
-    return _poison(_maps(state, emb, _supports(state, emb)), emb)
+    supports = None if config.sampling == "none" else _supports(state, emb)
+    return _poison(_maps(state, emb, supports), emb)
 
 
 def loss_context(state: SGFRState, embeddings) -> jax.Array:
@@ -424,10 +446,12 @@ def feature_loss(state: SGFRState, embeddings, context) -> dict:
     context = jnp.asarray(context)
     n = state.banks[state.config.ref_level].shape[0]
     if (context.ndim != 2 or context.shape[0] != batch
+            or context.shape[1] < state.config.s
             or not jnp.issubdtype(context.dtype, jnp.integer)):
         raise ValueError(f"{fn}: context must be (B, k) integer bank entries from "
-                         f"sgfr.loss_context with B = {batch}; got "
-                         f"{tuple(context.shape)} {context.dtype}.")
+                         f"sgfr.loss_context with B = {batch} and k >= s = "
+                         f"{state.config.s}; got {tuple(context.shape)} "
+                         f"{context.dtype}.")
     if _checks.is_concrete(context) and context.size and (
             int(context.max()) >= n or int(context.min()) < -1):
         raise ValueError(f"{fn}: context entries must be in -1..{n - 1}.")

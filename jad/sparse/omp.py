@@ -120,6 +120,14 @@ def _select_one(gram, xy, norm_sq, allowed, n_nonzero, tol, selection):
         blocks, lkk, z, support, chosen, alpha, eps, done = carry
         score = jnp.abs(alpha) if selection == "abs" else alpha  # SGFR eq. 3
         avail = allowed & ~chosen
+        if selection == "signed":
+            # An atom in the span of the chosen ones (a duplicate bank image)
+            # correlates at ~0 after the least squares, which beats every negative
+            # correlation: it would be picked, found dependent and end the pursuit.
+            # Skip those: ‖x_j - P_S x_j‖² = G_jj - ‖L⁻¹ G[S, j]‖².
+            spanned = diag - sum(jnp.sum(block * block, axis=0)
+                                 for block in blocks[: phase + 1])
+            avail = avail & (spanned > rtol * diag)
         k = _first_argmax(jnp.where(avail, score, -jnp.inf))
         ws = [block[:, k] for block in blocks[: phase + 1]]  # L⁻¹ G[S, k]
         lkk_sq = diag[k] - sum(_dot(w, w) for w in ws)

@@ -67,10 +67,33 @@ def test_vmapped_batch_equals_a_loop_and_gradients_are_finite(monkeypatch):
     assert all(bool(jnp.all(jnp.isfinite(g))) for g in grad.values())
 
 
-def test_too_few_nominal_images_are_refused_with_the_minimum():
+def test_too_few_nominal_images_and_bad_configs_are_refused():
     rng = np.random.default_rng(2)
     with pytest.raises(ValueError, match="needs at least 40 nominal images; got 12"):
         sgfr.fit(sgfr.SGFRConfig(), _features(rng, 12, SHAPES))
+    with pytest.raises(ValueError, match="epsilon must be finite"):
+        sgfr.SGFRConfig(epsilon=float("inf"))
+    with pytest.raises(TypeError, match="score_levels must be a tuple of ints"):
+        sgfr.SGFRConfig(score_levels=2)
+    with pytest.raises(ValueError, match="must not repeat a level"):
+        sgfr.SGFRConfig(score_levels=(2, 2))
+    assert sgfr.SGFRConfig(score_levels=(np.int64(3),)).score_levels == (3,)
+
+
+def test_sampling_none_reads_the_bank_as_is_and_equals_the_gathered_path():
+    rng = np.random.default_rng(6)
+    config = sgfr.SGFRConfig(s_ref=12, s=4, sampling="none")
+    state = sgfr.fit(config, _features(rng, 12, SHAPES))
+    test = {lv: jnp.asarray(x) for lv, x in _features(rng, 3, SHAPES).items()}
+    maps = sgfr.score(state, test)  # every entry, no gather
+    context = sgfr.loss_context(state, test)  # (B, N): every entry, gathered
+    np.testing.assert_array_equal(context, np.tile(np.arange(12), (3, 1)))
+    gathered = sgfr.feature_loss(state, test, context)
+    for level in maps:
+        np.testing.assert_allclose(maps[level], gathered[level], rtol=1e-5,
+                                   atol=1e-6)
+    with pytest.raises(ValueError, match="k >= s = 4"):
+        sgfr.feature_loss(state, test, context[:, :3])
 
 
 def _walk_dots(jaxpr, found):

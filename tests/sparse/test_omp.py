@@ -465,6 +465,20 @@ def test_signed_selection_goes_on_when_the_best_signed_atom_drops_nothing(x64):
         np.testing.assert_allclose(got.coef[0], coef, rtol=1e-6, atol=1e-12)
 
 
+def test_signed_selection_skips_atoms_in_the_span_of_the_chosen_ones(x64):
+    # A duplicate atom (the same image twice in a memory bank) correlates at 0 once
+    # its twin is chosen, above every negative correlation: the pursuit must go on
+    # with the negatively correlated atom rather than stop at the duplicate.
+    rng = np.random.default_rng(12)
+    d0, d1 = np.linalg.qr(rng.standard_normal((8, 2)))[0].T
+    dictionary = np.stack([d0, d0, d1], axis=1)
+    signal = d0 - 0.5 * d1
+    for got in (run_omp(dictionary, signal[None], 3, selection="signed"),
+                run_omp_gram(dictionary, signal[None], 3, selection="signed")):
+        assert got.support[0, 0] in (0, 1) and got.support[0, 1] == 2
+        np.testing.assert_allclose(dictionary @ got.coef[0], signal, atol=1e-10)
+
+
 # ------------------------------------------------------------- 6. jit and vmap
 
 
