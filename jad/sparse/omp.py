@@ -31,6 +31,7 @@ computed in float32 and the outputs cast back.
 from __future__ import annotations
 
 import functools
+import math
 from typing import Literal, NamedTuple
 
 import jax
@@ -239,21 +240,104 @@ def _refine_one(sel: _Selection, gram, xy):
     return sel.coef + _scatter(sel.support, jnp.where(valid, delta, 0.0), num_atoms)
 
 
+def _map_on_cpu(kernel, plain, in_batched, args):
+    """Batching rule body shared by the sparse kernels: a vmapped axis, mapped.
+
+    On CPU the instances run one after another (``lax.map`` of ``kernel``, the
+    ``custom_vmap`` function itself, so an enclosing vmap meets it again), which
+    keeps each instance's data in cache and its data-dependent gathers and
+    branches unbatched; on accelerators they are vmapped in parallel (``plain``,
+    the undecorated function). ``in_batched`` says which of ``args`` carry the
+    vmapped axis (at 0); the others are shared. Decided when tracing, from
+    ``jax.default_backend()``.
+    """
+    if jax.default_backend() != "cpu":
+        in_axes = tuple(0 if b else None for b in in_batched)
+        return jax.vmap(plain, in_axes=in_axes)(*args)
+    mapped = [a for a, b in zip(args, in_batched, strict=True) if b]
+
+    def one(xs):
+        it = iter(xs)
+        return kernel(*(next(it) if b else a
+                        for a, b in zip(args, in_batched, strict=True)))
+
+    return jax.lax.map(one, mapped)
+
+
+# Signals per vmapped group on CPU: each carries an (s, K) table, and groups of about
+# this many bytes of tables stay in cache (1.5-2x faster than all signals at once at
+# N = 762, K = 100-256, measured on a 2-core CPU).
+_CPU_TABLE_BYTES = 3 << 18
+
+
+def _signal_batch(num_signals: int, n_nonzero: int, num_atoms: int) -> int | None:
+    """Signals per group of the selection on CPU, None for all at once."""
+    if jax.default_backend() != "cpu":
+        return None
+    table = 4 * n_nonzero * num_atoms
+    batch = 2 ** max(3, round(math.log2(max(1.0, _CPU_TABLE_BYTES / table))))
+    return batch if num_signals > batch else None
+
+
+@functools.cache
+def _selector(n_nonzero, selection):
+    """The greedy selection over a flat batch of signals sharing one Gram matrix.
+
+    A ``custom_vmap`` function: vmapped over signals only (``gram`` shared), it is
+    the plain vmapped kernel; vmapped over dictionaries (``gram`` batched, as
+    PSDL's one dictionary per location, or a user's ``jax.vmap(omp)`` over them),
+    the dictionaries are mapped one after another on CPU (:func:`_map_on_cpu`):
+    batching the selection over dictionaries turns every ``gram[k]`` row read
+    into a gather across dictionaries, 2-3x slower there (measured at C = 256,
+    N = 200, s = 64 on 16 dictionaries).
+    """
+    def one(gram, xy, norms_sq, allowed, tol):
+        return _select_one(gram, xy, norms_sq, allowed, n_nonzero, tol, selection)
+
+    def select(gram, xy, norms_sq, allowed, tol):
+        batch = _signal_batch(xy.shape[0], n_nonzero, gram.shape[0])
+        if batch is None:
+            return jax.vmap(one, in_axes=(None, 0, 0, 0, 0))(
+                gram, xy, norms_sq, allowed, tol)
+        return jax.lax.map(lambda a: one(gram, *a), (xy, norms_sq, allowed, tol),
+                           batch_size=batch)
+
+    kernel = jax.custom_batching.custom_vmap(select)
+
+    @kernel.def_vmap
+    def _rule(axis_size, in_batched, gram, *rest):
+        if in_batched[0]:
+            out = _map_on_cpu(kernel, select, in_batched, (gram, *rest))
+        else:
+            # More signals for the same Gram matrix: folded into the flat batch,
+            # so that an enclosing vmap over dictionaries still meets the kernel.
+            num = rest[0].shape[-2]
+            flat = [
+                (x if b else jnp.broadcast_to(x, (axis_size,) + x.shape))
+                .reshape((axis_size * num,) + x.shape[1 + b:])
+                for x, b in zip(rest, in_batched[1:], strict=True)
+            ]
+            out = jax.tree.map(lambda y: y.reshape((axis_size, num) + y.shape[1:]),
+                               kernel(gram, *flat))
+        return out, jax.tree.map(lambda _: True, out)
+
+    return kernel
+
+
 @functools.partial(jax.jit, static_argnames=("n_nonzero", "selection"))
 def _pursuit(gram, xy, norms_sq, allowed, n_nonzero, tol, selection):
     """Runs the selection (no gradient) and the refinement over a flat batch.
 
     ``tol`` is (N,), one tolerance per signal (each signal has its own scale).
     """
-    select = jax.vmap(_select_one, in_axes=(None, 0, 0, 0, None, 0, None))
-    sel = select(
+    # Every input of the selection is stop_gradient'ed: its custom batching rule
+    # has no derivative, and autodiff must not reach it.
+    sel = _selector(n_nonzero, selection)(
         jax.lax.stop_gradient(gram),
         jax.lax.stop_gradient(xy),
         jax.lax.stop_gradient(norms_sq),
         allowed,
-        n_nonzero,
         jax.lax.stop_gradient(tol),
-        selection,
     )
     sel = jax.tree.map(jax.lax.stop_gradient, sel)
     coef = jax.vmap(_refine_one, in_axes=(0, None, 0))(sel, gram, xy)
@@ -447,6 +531,13 @@ def omp(
 
       NaN or inf in traced inputs (not checked under ``jit``) give NaN ``coef`` and
       ``residual_norm`` for the signals they reach, never a valid-looking code.
+
+      Batching: ``jax.vmap`` over dictionaries (one per location, as PSDL) is a
+      fast path: a custom batching rule maps them one after another on CPU (as
+      fast as ``lax.map``, 2x faster than a plain vmap) and vmaps them on
+      accelerators, decided from ``jax.default_backend()`` when tracing. On CPU
+      the selection also runs the signals in groups whose (s, K) tables fit in
+      cache.
 
       Differentiation: the selection (an argmax) is piecewise constant; ``coef``,
       ``residual_norm`` and hence any loss of them are differentiable w.r.t.
