@@ -2,11 +2,11 @@
 
 Every public function of :mod:`jad.sparse`, :mod:`jad.metrics`, :mod:`jad.ops`
 (including ``nearest_neighbors``), the method modules (:mod:`jad.methods`,
-:mod:`jad.methods.patchcore`, :mod:`jad.methods.padim`, :mod:`jad.methods.sgfr`) and
-the array entry points of :mod:`jad.pipeline` is called on hypothesis-drawn inputs:
-random ranks, zero-size axes, NaN and inf, every dtype (bool, int8..int64, uint8,
-float16, bfloat16, float32, float64, complex64), mismatched shapes and out-of-range
-arguments. For each call:
+:mod:`jad.methods.patchcore`, :mod:`jad.methods.padim`, :mod:`jad.methods.sgfr`,
+:mod:`jad.methods.psdl`) and the array entry points of :mod:`jad.pipeline` is called
+on hypothesis-drawn inputs: random ranks, zero-size axes, NaN and inf, every dtype
+(bool, int8..int64, uint8, float16, bfloat16, float32, float64, complex64),
+mismatched shapes and out-of-range arguments. For each call:
 
 - either it raises a documented error (``ValueError``, ``TypeError``,
   ``jad.errors.DatasetError``, ``jad.errors.WeightsError``) from jad's own code (not
@@ -33,6 +33,7 @@ programs.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import inspect
 import math
@@ -45,6 +46,7 @@ import warnings
 import jax
 import jax.numpy as jnp
 import numpy as np
+import psdl_reference
 import pytest
 import scipy.fft
 import scipy.ndimage as ndi
@@ -53,13 +55,14 @@ from hypothesis import strategies as st
 from references import adaptive_avg_pool_np, avg_pool_np, sgfr_maps_np, unfold_np
 from skimage.measure import label as sk_label
 from sklearn import metrics as skm
+from sklearn.linear_model import orthogonal_mp
 from sklearn.random_projection import johnson_lindenstrauss_min_dim
 
 import jad
 from jad import detector as jdet
 from jad import metrics, ops, pipeline, sparse
 from jad.errors import DatasetError, WeightsError
-from jad.methods import padim, patchcore, sgfr
+from jad.methods import padim, patchcore, psdl, sgfr
 
 # ----------------------------------------------------------------- registry
 
@@ -74,6 +77,7 @@ FUZZED_MODULES = (
     "jad.methods.patchcore",
     "jad.methods.padim",
     "jad.methods.sgfr",
+    "jad.methods.psdl",
     "jad.pipeline",
     "jad.detector",
     "jad.io",
@@ -83,6 +87,9 @@ NOT_FUZZED = {
     "jad.methods.patchcore.init": "reads only the embeddings' shape (eval_shape)",
     "jad.methods.padim.init": "reads only the embeddings' shape (eval_shape)",
     "jad.methods.sgfr.init": "reads only the embeddings' shape (eval_shape)",
+    "jad.methods.psdl.init": "reads only the embeddings' shapes (a state of zeros)",
+    "jad.methods.psdl.min_images": "takes a config and a dict level -> channel count",
+    "jad.methods.psdl.signal_dims": "takes a config and a dict level -> channel count",
     "jad.io.atomic_folder": "takes a path, no arrays",
     "jad.io.file_digests": "takes a path, no arrays",
     "jad.io.recover": "takes a path, no arrays",
@@ -3069,3 +3076,424 @@ def test_sgfr_fit(config, first):
     assert not isinstance(emb, Refused) and set(emb) == {1, 2}
     with pytest.raises(ValueError, match="sgfr.embed"):
         sgfr.embed(cfg, {1: first})
+
+
+# ================================================================= jad.methods.psdl
+
+# One level, m = 4 channels (a 2 x 2 DCT start), OMP sparsity 2 and two K-SVD
+# sweeps on a 2 x 2 grid: PSDL needs N >= m = 4 training images.
+PS_CONFIG = psdl.PSDLConfig(
+    levels=(1,), max_channels=4, n_iter=2, sparsity=0.5, sigma=1.0
+)
+PS_VARIANTS = {
+    "psdl": PS_CONFIG,
+    "classes": dataclasses.replace(PS_CONFIG, classes=("a", "b")),
+    "off": dataclasses.replace(PS_CONFIG, normalize=False),
+}
+PS_GRID = (2, 2, 4)  # (h, w, m) of the fuzzed signals
+PS_S = 2  # OMP sparsity: round(0.5 * 4)
+
+
+def _psdl_signals(n, seed):
+    return _train((n, *PS_GRID), seed=seed)
+
+
+def _psdl_state(kind="psdl"):
+    """States fitted (uncalibrated) on one training set; ``classes``: two classes;
+    ``off``: ``normalize=False``; ``padim`` and ``none``: not a PSDLState."""
+    if kind in ("padim", "none"):
+        return _patchcore_state(kind)
+    name = f"psdl.{kind}"
+    if name not in _STATES:  # one program: the fit's jit key ignores these fields
+        _STATES[name] = psdl.fit(PS_VARIANTS[kind], {1: _psdl_signals(6, 11)})
+    return _STATES[name]
+
+
+def _psdl_test():
+    """Fixed (2, 2, 2, 4) test signals (the shape the fuzzed scores compile for)."""
+    return {1: _psdl_signals(2, 5)}
+
+
+PS_SHAPES = ((2, 2, 2, 4),) * 4 + (
+    (1, 2, 2, 4),
+    (2, 2, 4),
+    (2, 2, 2, 3),
+    (2, 2, 3, 4),
+    (0, 2, 2, 4),
+)
+PS_CONTEXTS = ("own",) * 5 + ("float", "batch", "missing", "none")
+
+
+@st.composite
+def psdl_embeddings(draw):
+    """dict {1: (B, 2, 2, 4)} with faults: shapes, dtypes, values, another group,
+    not a dict."""
+    x = draw(arrays(PS_SHAPES))
+    form = draw(st.sampled_from(("dict",) * 6 + ("group", "list", "array")))
+    return {"dict": {1: x}, "group": {2: x}, "list": [x], "array": x}[form]
+
+
+def _psdl_valid(embeddings) -> bool:
+    if not isinstance(embeddings, dict) or 1 not in embeddings:
+        return False
+    x = embeddings[1]
+    return (_floats_ok(x) and np.ndim(x) == 4 and np.shape(x)[1:] == PS_GRID
+            and _finite(x))
+
+
+def ref_psdl_statistics(state, x):
+    """PSDL's per-location statistics in float64 from the state's dictionaries.
+
+    scikit-learn's OMP codes (``orthogonal_mp(precompute=True)``, what the authors'
+    code calls) give (‖x‖₁, ‖D x - s‖²) and their Mahalanobis distance ``‖W (f -
+    mean)‖`` (W the state's inverse Cholesky factor). Returns (B, h, w, 2)
+    statistics, (B, h, w) distances and a (B, h, w) mask of the signals whose
+    greedy OMP path has no near tie (float32 may break a tie the other way).
+    """
+    dictionaries = np.asarray(state.dictionaries[1], np.float64)
+    x = np.asarray(x).astype(np.float32).astype(np.float64)  # what psdl computes on
+    b, h, w, m = x.shape
+    feats = np.zeros((b, h, w, 2))
+    clear = np.ones((b, h, w), bool)
+
+    def codes(dictionary, y, s):
+        coef = orthogonal_mp(dictionary, y, n_nonzero_coefs=s, precompute=True)
+        return np.asarray(coef).reshape(m, b)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "ended prematurely" for zero signals
+        for i in range(h):
+            for j in range(w):
+                dictionary, y = dictionaries[i, j], x[:, i, j].T  # (m, m), (m, B)
+                code = codes(dictionary, y, PS_S)
+                resid = y - dictionary @ code
+                feats[:, i, j, 0] = np.abs(code).sum(0)
+                feats[:, i, j, 1] = (resid**2).sum(0)
+                size = np.linalg.norm(y, axis=0)
+                for step in range(PS_S):  # the winner of each step must be clear
+                    r = y - dictionary @ codes(dictionary, y, step) if step else y
+                    corr = np.sort(np.abs(dictionary.T @ r), axis=0)
+                    tie = (corr[-1] - corr[-2] <= 1e-4 * size) & (
+                        np.linalg.norm(r, axis=0) > 1e-4 * size)
+                    clear[:, i, j] &= ~tie
+    delta = feats - np.asarray(state.mean[1], np.float64)
+    whitening = np.asarray(state.whitening[1], np.float64)
+    dist = np.linalg.norm(np.einsum("hwij,bhwj->bhwi", whitening, delta), axis=-1)
+    return feats, dist, clear
+
+
+def _psdl_close(actual, expected, label):
+    """float32 agreement, the tolerance scaled by the values' magnitude."""
+    expected = np.asarray(expected, np.float64)
+    big = float(np.max(np.abs(expected), initial=1.0))
+    close(actual, expected, label=label, scale=10.0 * big)
+
+
+@fuzzes("jad.methods.psdl.score", "jad.methods.psdl.code_statistics",
+        "jad.methods.psdl.loss_context", "jad.methods.psdl.feature_loss")
+@settings(max_examples=budget(1.0))
+@given(kind=st.sampled_from(("psdl",) * 5 + ("padim", "none")),
+       embeddings=psdl_embeddings(), context=st.sampled_from(PS_CONTEXTS))
+@example(kind="psdl", embeddings={1: np.zeros((0, 2, 2, 4), np.float32)},
+         context="own")
+@example(kind="psdl", embeddings=_psdl_test(), context="missing")
+@example(kind="psdl", embeddings=_psdl_test(), context="none")
+def test_psdl_score(kind, embeddings, context):
+    label = "psdl.score"
+    st_ = _psdl_state(kind)
+    out = attempt(label, psdl.score, st_, embeddings)
+    valid = kind == "psdl" and _psdl_valid(embeddings)
+    if valid and np.shape(embeddings[1])[0] == 0:
+        valid = None  # an empty batch: empty maps or a refusal
+    stats = attempt("psdl.code_statistics", psdl.code_statistics, st_, embeddings)
+    ctx = attempt("psdl.loss_context", psdl.loss_context, st_, embeddings)
+    for name, result in (("code_statistics", stats), ("loss_context", ctx)):
+        assert isinstance(result, Refused) == isinstance(out, Refused), (
+            f"psdl.{name} and psdl.score disagree on {embeddings!r}: {result!r}")
+    if not refuse_or_succeed(label, out, valid):
+        return
+    b = np.shape(embeddings[1])[0]
+    support = np.asarray(ctx[1])
+    assert support.dtype == np.int32 and support.shape == (b, 2, 2, PS_S)
+    assert np.all((support >= -1) & (support < PS_GRID[-1]))
+    for row in support.reshape(-1, PS_S):
+        chosen = row[row >= 0]
+        assert len(set(chosen.tolist())) == len(chosen), support
+    arg = {
+        "own": ctx,
+        "float": {1: support.astype(np.float32)},
+        "batch": {1: np.full((b + 1, 2, 2, PS_S), -1, np.int32)},
+        "missing": {},
+        "none": None,
+    }[context]
+    loss = attempt("psdl.feature_loss", psdl.feature_loss, st_, embeddings, arg)
+    refuse_or_succeed("psdl.feature_loss", loss,
+                      valid if context == "own" else False)
+    if not valid:
+        return
+    inputs = [embeddings[1]]
+    check_result(label, out, inputs)
+    check_result("psdl.code_statistics", stats, inputs)
+    feats, dist, clear = ref_psdl_statistics(st_, embeddings[1])
+    _psdl_close(np.asarray(stats[1])[clear], feats[clear], "psdl.code_statistics")
+    _psdl_close(np.asarray(out)[clear], dist[clear], label)
+    if context == "own":
+        # Least squares on OMP's own supports is OMP's code: the loss is the score.
+        check_result("psdl.feature_loss", loss, inputs)
+        _psdl_close(loss, out, "psdl.feature_loss")
+
+
+def test_psdl_traced_nan_gives_nan_at_that_location_only():
+    state = _psdl_state()
+    test = _psdl_test()
+    test[1][1, 0, 1, 2] = np.nan
+    test[1][0, 1, 0, 3] = np.inf
+    poisoned = np.zeros((2, 2, 2), bool)
+    poisoned[1, 0, 1] = poisoned[0, 1, 0] = True
+    maps = np.asarray(jax.jit(lambda e: psdl.score(state, e))(test))
+    assert not np.any(np.isfinite(maps[poisoned]))
+    assert np.all(np.isfinite(maps[~poisoned]))
+    stats = np.asarray(jax.jit(lambda e: psdl.code_statistics(state, e))(test)[1])
+    assert not np.any(np.all(np.isfinite(stats[poisoned]), axis=-1))
+    assert np.all(np.isfinite(stats[~poisoned]))
+    with pytest.raises(ValueError,
+                       match=r"psdl.score: embeddings\[1\] contains NaN"):
+        psdl.score(state, test)
+
+
+PS_TRAIN_SHAPES = ((6, 2, 2, 4),) * 3 + (
+    (4, 2, 2, 4),
+    (3, 2, 2, 4),
+    (1, 2, 2, 1),
+    (6, 2, 4),
+    (6, 0, 2, 4),
+)
+
+
+@fuzzes("jad.methods.psdl.fit")
+@settings(max_examples=budget(1.0))
+@given(
+    config=st.sampled_from(("psdl",) * 5 + ("padim",)),
+    shape=st.sampled_from(PS_TRAIN_SHAPES),
+    dtype=st.sampled_from(SCORE_DTYPES),
+    kind=st.sampled_from(KINDS),
+    seed=st.integers(0, 7),
+    form=st.sampled_from(("dict",) * 6 + ("list", "empty")),
+)
+@example(config="psdl", shape=(3, 2, 2, 4), dtype="float32", kind="normal", seed=0,
+         form="dict")
+@example(config="psdl", shape=(4, 2, 2, 4), dtype="float32", kind="normal", seed=1,
+         form="dict")  # N = m: the fewest images accepted
+def test_psdl_fit(config, shape, dtype, kind, seed, form):
+    label = "psdl.fit"
+    train = make_array(shape, dtype, kind, seed)
+    embeddings = {"dict": {1: train}, "list": [train], "empty": {}}[form]
+    cfg = PS_CONFIG if config == "psdl" else PD_CONFIG
+    out = attempt(label, psdl.fit, cfg, embeddings)
+    well_formed = (config == "psdl" and form == "dict" and _floats_ok(train)
+                   and len(shape) == 4 and min(shape[1:]) >= 1)
+    n, m = (shape[0], shape[-1]) if len(shape) == 4 else (0, 0)
+    if well_formed and n < max(m, 2):
+        # Refused before any work, saying how many images it needs.
+        assert isinstance(out, Refused), f"{label}: accepted N = {n} < m = {m}"
+        message = str(out.error)
+        assert f"at least {max(m, 2)} training images" in message, message
+        assert f"got {n}" in message, message
+    valid = well_formed and n >= max(m, 2) and _finite(train)
+    if not refuse_or_succeed(label, out, valid):
+        return
+    check_result(label, [out.dictionaries, out.grams, out.mean, out.whitening,
+                         out.train_error], [train])
+    assert out.dictionaries[1].shape == (2, 2, 4, 4)
+    assert out.train_error[1].shape == (PS_CONFIG.n_iter, 2, 2)
+    d = np.asarray(out.dictionaries[1], np.float64)
+    np.testing.assert_allclose(out.grams[1], np.swapaxes(d, -1, -2) @ d,
+                               atol=1e-5, err_msg=label)
+    if kind not in ("normal", "large"):
+        return  # ties (of zeros, rounded values) may go either way
+    # The authors' code (float64), on the values psdl computes on.
+    signals = np.asarray(train).astype(np.float32).astype(np.float64)
+    fitted = psdl_reference.fit_official(signals, n_iter=PS_CONFIG.n_iter,
+                                         sparsity=PS_CONFIG.sparsity)
+    np.testing.assert_allclose(d, fitted["dictionary"], atol=1e-4, err_msg=label)
+    _psdl_close(out.mean[1], fitted["mean"], f"{label}: mean")
+    whitening = np.asarray(out.whitening[1], np.float64)
+    cov = np.linalg.inv(np.swapaxes(whitening, -1, -2) @ whitening)
+    _psdl_close(cov, fitted["cov"], f"{label}: covariance")
+
+
+PS_STACK = psdl.PSDLConfig(levels=(1, 2), channels="all", sigma=1.0)
+PS_LEVEL1 = ((2, 4, 4, 3),) * 3 + (
+    (2, 5, 5, 3),
+    (2, 2, 2, 3),
+    (2, 3, 3, 3),
+    (1, 4, 4, 3),
+    (2, 4, 4),
+    (2, 4, 4, 0),
+)
+
+
+def ref_psdl_embed(config, features):
+    """The code's [level 2, avgpool(level 1)] (floored windows) or the first m
+    channels of one level (float64)."""
+    first = np.asarray(features[1]).astype(np.float64)
+    if config.levels == (1,):
+        m = math.isqrt(min(first.shape[-1], config.max_channels)) ** 2
+        return {1: first[..., :m]}
+    coarse = np.asarray(features[2], np.float64)
+    f = max(1, first.shape[1] // coarse.shape[1])
+    b, h, w, c = first.shape
+    hh, ww = h // f, w // f
+    pooled = first[:, : hh * f, : ww * f].reshape(b, hh, f, ww, f, c).mean((2, 4))
+    return {2: np.concatenate([coarse, pooled], axis=-1)}
+
+
+@fuzzes("jad.methods.psdl.embed")
+@settings(max_examples=budget(1.0))
+@given(
+    config=st.sampled_from(("stack", "stack", "stack", "one", "padim")),
+    first=arrays(PS_LEVEL1),
+    form=st.sampled_from(("dict",) * 5 + ("missing", "list")),
+)
+@example(config="padim", first=make_array((2, 4, 4, 3), "float32"), form="dict")
+def test_psdl_embed(config, first, form):
+    label = "psdl.embed"
+    cfg = {
+        "stack": PS_STACK,
+        "one": PS_CONFIG,
+        "padim": padim.PaDiMConfig(levels=(1, 2), n_features=5, sigma=1.0),
+    }[config]
+    second = _train((2, 2, 2, 4), seed=3)
+    features = {
+        "dict": {1: first, 2: second},
+        "missing": {2: second},
+        "list": [first, second],
+    }[form]
+    out = attempt(label, psdl.embed, cfg, features)
+    shape = np.shape(first)
+    valid = (config != "padim" and form == "dict" and _floats_ok(first)
+             and len(shape) == 4 and min(shape[1:]) >= 1)
+    if valid and config == "stack":  # one batch; level 1 pools onto the 2 x 2 grid
+        f = max(1, shape[1] // 2)
+        valid = shape[0] == 2 and (shape[1] // f, shape[2] // f) == (2, 2)
+    if not refuse_or_succeed(label, out, valid):
+        return
+    ref = ref_psdl_embed(cfg, features)
+    assert set(out) == set(ref), (label, set(out))
+    for group, want in ref.items():
+        finite = want[np.isfinite(want)]
+        big = float(np.max(np.abs(finite), initial=1.0))
+        close(out[group], want, dtype=_lowest_precision(first), label=label,
+              scale=10.0 * big)
+
+
+CAL_SHAPES = ((2, 4, 4),) * 4 + ((1, 4, 4), (4, 4), (), (0, 4, 4))
+
+
+def _calibration_valid(maps):
+    """True / False / None (either) for maps given to a calibration."""
+    if 0 in np.shape(maps) or (_is_array_like(maps)
+                               and np.asarray(maps).dtype.kind == "c"):
+        return False  # no min or max of nothing; an imaginary part to drop
+    if _floats_ok(maps) and np.ndim(maps) == 3 and _finite(maps):
+        return True
+    return None  # integers, other ranks, NaN: refused, or cast, reduced, propagated
+
+
+def _psdl_raw_maps():
+    """The uncalibrated state's (2, 2, 2) maps of the fixed test signals."""
+    if "psdl.raw" not in _STATES:
+        maps = psdl.score(_psdl_state("psdl"), _psdl_test())
+        _STATES["psdl.raw"] = np.asarray(maps, np.float64)
+    return _STATES["psdl.raw"]
+
+
+def _check_normalised(label, state, low, high):
+    """Scores of the fixed test signals with ``state``: finite and the raw maps
+    normalised by (low, high). Returns them."""
+    maps = psdl.score(state, _psdl_test())
+    check_result(label, maps, [])
+    _psdl_close(maps, (_psdl_raw_maps() - low) / (high - low), label)
+    return maps
+
+
+@fuzzes("jad.methods.psdl.calibrate")
+@settings(max_examples=budget(1.0))
+@given(kind=st.sampled_from(("psdl",) * 4 + ("classes", "off", "padim")),
+       maps=arrays(CAL_SHAPES))
+@example(kind="psdl", maps=np.full((2, 4, 4), 3.0, np.float32))
+@example(kind="psdl", maps=np.zeros((0, 4, 4), np.float32))
+def test_psdl_calibrate(kind, maps):
+    label = "psdl.calibrate"
+    st_ = _psdl_state(kind)
+    out = attempt(label, psdl.calibrate, st_, maps)
+    valid = {"padim": False, "off": None}.get(kind, _calibration_valid(maps))
+    if not refuse_or_succeed(label, out, valid):
+        return
+    if kind == "off":
+        assert out is st_, f"{label}: normalize=False must leave the state as is"
+        return
+    check_result(label, (out.norm_low, out.norm_high), [maps])
+    if not _finite(maps):
+        return
+    values = np.asarray(maps).astype(np.float32)
+    low, high = float(values.min()), float(values.max())
+    np.testing.assert_array_equal(out.norm_low, np.full(out.norm_low.shape, low))
+    assert np.all(np.asarray(out.norm_high) >= high), (label, out.norm_high, high)
+    maps = _check_normalised(f"{label}: scores", out, out.norm_low[0],
+                             out.norm_high[0])
+    # Maps scored with a calibrated state are de-normalised before the min-max.
+    raw = _psdl_raw_maps()
+    again = psdl.calibrate(out, maps)
+    _psdl_close(again.norm_low, np.full(again.norm_low.shape, raw.min()), label)
+    _psdl_close(again.norm_high, np.full(again.norm_high.shape, raw.max()), label)
+
+
+PS_OTHER_MAPS = _train((2, 4, 4), seed=9) * 3 + 5  # another class's training maps
+
+
+@fuzzes("jad.methods.psdl.calibrate_classes", "jad.methods.psdl.select_class")
+@settings(max_examples=budget(1.0))
+@given(
+    kind=st.sampled_from(("classes",) * 4 + ("psdl", "off", "padim")),
+    names=st.sampled_from((("a",), ("a", "b"), ("b", "a"), ("a", "c"), (3,), ())),
+    maps=arrays(CAL_SHAPES),
+    form=st.sampled_from(("dict",) * 5 + ("list",)),
+    pick=st.sampled_from(("a", "b", "a", "b", "c", 0, None)),
+)
+@example(kind="classes", names=("a",), maps=np.ones((2, 4, 4), np.float32),
+         form="list", pick="a")
+def test_psdl_calibrate_classes(kind, names, maps, form, pick):
+    label = "psdl.calibrate_classes"
+    st_ = _psdl_state(kind)
+    by_class = {name: maps if i == 0 else PS_OTHER_MAPS
+                for i, name in enumerate(names)}
+    arg = by_class if form == "dict" else list(by_class.items())
+    out = attempt(label, psdl.calibrate_classes, st_, arg)
+    if kind != "classes" or form == "list":
+        valid = kind == "psdl" and not names and form == "dict"
+    elif any(name not in ("a", "b") for name in names):
+        valid = False
+    else:
+        valid = _calibration_valid(maps) if names else True
+    refuse_or_succeed(label, out, valid)
+    calibrated = valid is True and not isinstance(out, Refused)
+    if calibrated:
+        check_result(label, (out.norm_low, out.norm_high), list(by_class.values()))
+        for i, name in enumerate(("a", "b")):
+            if name in by_class:
+                values = np.asarray(by_class[name]).astype(np.float32)
+                assert float(out.norm_low[i]) == values.min(), (label, name)
+                assert float(out.norm_high[i]) >= values.max(), (label, name)
+            else:  # untouched
+                assert (out.norm_low[i], out.norm_high[i]) == (0, 1), (label, name)
+    base = out if calibrated else st_
+    chosen = attempt("psdl.select_class", psdl.select_class, base, pick)
+    if not refuse_or_succeed("psdl.select_class", chosen,
+                             kind == "classes" and pick in ("a", "b")):
+        return
+    index = ("a", "b").index(pick)
+    assert int(chosen.active) == index
+    if calibrated and _finite(maps):
+        _check_normalised(f"{label}: class {pick}", chosen,
+                          chosen.norm_low[index], chosen.norm_high[index])

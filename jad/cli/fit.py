@@ -144,6 +144,15 @@ def run_fit(args: argparse.Namespace) -> int:
         backbone = {"backbone": None, "variables": None, "weights": None}
     else:
         name = args.backbone or DEFAULT_BACKBONE
+        if spec.min_images is not None:  # before any feature is extracted
+            need = spec.min_images(config, bb.backbone_info(name).channels)
+            if len(train) < need:
+                raise ValueError(
+                    f"--method {args.method}: this config needs at least {need} "
+                    f"training images with backbone {name}; got {len(train)}"
+                    + (f" (after --holdout {args.holdout:g})"
+                       if held_out is not None else "")
+                    + ". Choose a preset or --set fields with fewer channels.")
         backbone = {
             "backbone": name,
             "variables": bb.load_pretrained(name, weights=args.weights),

@@ -1,11 +1,11 @@
 """Anomaly-detection methods behind one protocol (see :mod:`jad.methods.base`).
 
 ``jad.methods.patchcore`` and ``jad.methods.padim`` are the baselines,
-``jad.methods.sgfr`` the first seed method; each registers itself so
+``jad.methods.sgfr`` and ``jad.methods.psdl`` the seed methods; each registers itself so
 :func:`get_method` and the command line find it by name.
 """
 
-from jad.methods import padim, patchcore, sgfr
+from jad.methods import padim, patchcore, psdl, sgfr
 from jad.methods.base import (
     Method,
     get_method,
@@ -29,6 +29,7 @@ __all__ = [
     "padim",
     "patchcore",
     "postprocess",
+    "psdl",
     "register",
     "sgfr",
 ]

@@ -41,6 +41,9 @@ Optional:
   of a refined image, with what it fixes from the initial image (PatchCore, F2PAD
   eq. 5: the candidate bank entries; PaDiM, F2PAD eq. 7: nothing). Default: no
   context and ``score``.
+* ``min_images(config, channels) -> int``: the fewest training images the
+  method can fit with backbone levels of ``channels`` (level -> C); ``jad fit``
+  checks it before extracting any feature (PSDL: N >= its dictionary size).
 * ``calibrate(state, train_maps) -> state``: constants measured on the training
   images' final maps (N, H, W) (a per-class normalisation, CFLOW-AD's maximum),
   stored in the state and applied by ``score``. They must be affine in the map
@@ -115,6 +118,7 @@ class Method(NamedTuple):
     loss_context: Callable[[Any, Any], Any] | None = None
     feature_loss: Callable[[Any, Any, Any], jax.Array] | None = None
     calibrate: Callable[[Any, Any], Any] | None = None
+    min_images: Callable[[Any, Any], int] | None = None
     fit_inputs: tuple[str, ...] = ()
     trains: bool = False
 

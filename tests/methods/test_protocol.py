@@ -57,6 +57,8 @@ def _fit(method, variables, images, tmp_path_factory=None, **options):
         config = base.make_config("patchcore", coreset_ratio=1.0)
     if method == "sgfr":  # s_ref <= the 6 training images
         config = base.make_config("sgfr", s_ref=4, s=2)
+    if method == "psdl":  # 2 x 2 dictionaries: m <= the 6 training images
+        config = base.make_config("psdl", "single", max_channels=4, n_iter=2)
     extra = {}
     if method == "toy_images":
         extra["inputs"] = {"textures": np.full((2, 8, 8, 3), 0.25, np.float32)}
