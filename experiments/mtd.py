@@ -30,6 +30,14 @@ data README where a peer exists:
 - ``sgfr-mtd-256``: the same at 256x256 (the row carries its own size, whatever
   ``--size`` says). No anomalib peer has SGFR.
 
+- ``psdl-single``: PSDL's ``single`` preset (level 3: 112 channels, the first 100
+  kept, 10 x 10 dictionaries), all 762 training images, one model of the class;
+- ``psdl-official``: PSDL's ``official`` preset (levels 3, 2 and 1 average-pooled to
+  14 x 14 and stacked: 176 channels, the first 169 kept). Floors for both at 224:
+  image AUROC >= 0.93, pixel AUROC >= 0.74 (from a plain faithful implementation on
+  these features). The paper's MTD figures (PSDL Table 6) are image AUROC 0.979
+  (EfficientNet-B6) and 0.988 (B7).
+
 For SGFR the ``bank_size`` column is N, the images in its per-level banks (PatchCore:
 the coreset's patches; PaDiM: 0, it keeps no bank).
 
@@ -51,7 +59,7 @@ import jax
 
 from jad import backbones as bb
 from jad import data, evaluation, pipeline
-from jad.methods import PaDiMConfig, PatchCoreConfig, sgfr
+from jad.methods import PaDiMConfig, PatchCoreConfig, psdl, sgfr
 
 ROWS = {
     "patchcore-anomalib-300": (
@@ -64,10 +72,14 @@ ROWS = {
     # A fourth item is the row's own image size (default: --size).
     "sgfr-mtd": ("sgfr", sgfr.PRESETS["mtd"], 762),
     "sgfr-mtd-256": ("sgfr", sgfr.PRESETS["mtd"], 762, 256),
+    "psdl-single": ("psdl", psdl.PRESETS["single"], 762),
+    "psdl-official": ("psdl", psdl.PRESETS["official"], 762),
 }
 # Floors (metric: minimum) checked for a row at the given size.
 FLOORS = {
     "sgfr-mtd": (224, dict(image_auroc=0.90, pixel_auroc=0.78, pro=0.74)),
+    "psdl-single": (224, dict(image_auroc=0.93, pixel_auroc=0.74)),
+    "psdl-official": (224, dict(image_auroc=0.93, pixel_auroc=0.74)),
 }
 PEERS = {
     "patchcore-anomalib-300": dict(image_auroc=0.860, pixel_auroc=0.769, pro=0.657,
@@ -78,7 +90,8 @@ PEERS = {
                       pixel_ap=0.244, fit_seconds=45, ms=68),
 }
 DEFAULT_ROWS = (
-    "patchcore-anomalib-300,patchcore-official-300,padim-100,padim-all,sgfr-mtd"
+    "patchcore-anomalib-300,patchcore-official-300,padim-100,padim-all,sgfr-mtd,"
+    "psdl-single,psdl-official"
 )
 
 
