@@ -1,9 +1,10 @@
-"""Shared by the benchmark scripts: writing their JSON report."""
+"""Shared by the benchmark scripts: writing their JSON report and PNG figures."""
 
 from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 
 def write_json(path: str, report: dict) -> None:
@@ -12,3 +13,24 @@ def write_json(path: str, report: dict) -> None:
     with open(path, "w") as f:
         json.dump(report, f, indent=2)
     print(f"\nwrote {path}")
+
+
+def pyplot():
+    """matplotlib.pyplot on the Agg backend, or None (with a note) without it."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no PNG written")
+        return None
+    return plt
+
+
+def save_figure(fig, path: Path) -> None:
+    """Writes ``fig`` as a PNG at ``path`` (creating its folder)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"wrote {path}")

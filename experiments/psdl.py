@@ -141,7 +141,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
-from _report import write_json
+from _report import pyplot, save_figure, write_json
 
 from jad import backbones as bb
 from jad import data, evaluation, metrics, pipeline
@@ -455,27 +455,8 @@ def print_table(title: str, rows: list[dict], paper_header: str = "paper img / p
               f"{_paper(r.get('paper'))} |")
 
 
-def _pyplot():
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: no PNG written")
-        return None
-    return plt
-
-
-def _save(fig, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    print(f"wrote {path}")
-
-
 def bar_chart(rows: list[dict], title: str, path: Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     ok = [r for r in rows if "error" not in r]
     if plt is None or not ok:
         return
@@ -499,7 +480,7 @@ def bar_chart(rows: list[dict], title: str, path: Path) -> None:
     ax.set(title=title)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.grid(alpha=0.3, axis="y")
-    _save(fig, path)
+    save_figure(fig, path)
     plt.close(fig)
 
 
@@ -724,7 +705,7 @@ def part_figs(runner: Runner, args) -> dict:
               f"{r['test_anomalous']:.4g} | {r['test_defective_cells']:.4g} | "
               f"{r['defective_over_normal']:.2f} | {r['cell_auroc']:.3f} |")
 
-    plt = _pyplot()
+    plt = pyplot()
     if plt is not None:
         x = np.arange(surface.size)
         fig, ax = plt.subplots(figsize=(9, 3.5))
@@ -735,7 +716,7 @@ def part_figs(runner: Runner, args) -> dict:
                title="PSDL Fig. 2 on MTD: DCT without learning vs learnt")
         ax.legend()
         ax.grid(alpha=0.3)
-        _save(fig, args.out / "fig2.png")
+        save_figure(fig, args.out / "fig2.png")
         plt.close(fig)
 
         fig = plt.figure(figsize=(15, 4.5))
@@ -759,7 +740,7 @@ def part_figs(runner: Runner, args) -> dict:
         ax4.legend()
         ax4.grid(alpha=0.3)
         fig.suptitle("PSDL Fig. 3 on MTD: K-SVD iterations")
-        _save(fig, args.out / "fig3.png")
+        save_figure(fig, args.out / "fig3.png")
         plt.close(fig)
 
         fig, ax = plt.subplots(figsize=(9, 3.5))
@@ -770,7 +751,7 @@ def part_figs(runner: Runner, args) -> dict:
                title="PSDL Fig. 4 on MTD: sparsity 0.25 vs 0.75")
         ax.legend()
         ax.grid(alpha=0.3)
-        _save(fig, args.out / "fig4.png")
+        save_figure(fig, args.out / "fig4.png")
         plt.close(fig)
 
         fig, axes = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
@@ -782,7 +763,7 @@ def part_figs(runner: Runner, args) -> dict:
             ax.grid(alpha=0.3)
         axes[-1].set(xlabel="spatial location index (unrolled)")
         fig.suptitle("PSDL Fig. 5 on MTD: test reconstruction error")
-        _save(fig, args.out / "fig5.png")
+        save_figure(fig, args.out / "fig5.png")
         plt.close(fig)
     result["configs"] = {
         "fig2": [dataclasses.asdict(nolearn), dataclasses.asdict(learnt)],
@@ -909,7 +890,7 @@ def part_allclasses(runner: Runner, args) -> dict:
     print("(fit_detector's own calibration of the all-classes model -- every class on "
           "the pooled training maps -- is one affine map for all, so it pools as raw.)")
 
-    plt = _pyplot()
+    plt = pyplot()
     if plt is not None:
         fig, axes = plt.subplots(1, 2, figsize=(12, 4))
         cls = [*names, "mean"]
@@ -935,7 +916,7 @@ def part_allclasses(runner: Runner, args) -> dict:
         for ax in axes:
             ax.grid(alpha=0.3, axis="y")
         fig.suptitle("PSDL all-classes mode on jad's built-in data")
-        _save(fig, args.out / "allclasses.png")
+        save_figure(fig, args.out / "allclasses.png")
         plt.close(fig)
     return {"config": dataclasses.asdict(base), "m": m, "classes": list(names),
             "num_train": n_train, "rows": rows, "pooled": pooled_rows,

@@ -113,7 +113,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
-from _report import write_json
+from _report import pyplot, save_figure, write_json
 
 from jad import backbones as bb
 from jad import data, evaluation, pipeline
@@ -321,25 +321,6 @@ METRIC_HEADER = ("image AUROC | pixel AUROC | PRO@0.3 | pixel AP | SGFR ms/img |
 # -------------------------------------------------------------------------- plots
 
 
-def _pyplot():
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: no PNG written")
-        return None
-    return plt
-
-
-def _save(fig, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    print(f"wrote {path}")
-
-
 # -------------------------------------------------------------------------- parts
 
 
@@ -379,7 +360,7 @@ def part_fig5(split: Split, args) -> dict:
     for r in rows:
         print(f"| {r['s_ref']} | {r['s']} | {r['sampling']} | {_metric_cells(r)} |")
 
-    plt = _pyplot()
+    plt = pyplot()
     if plt is not None:
         fig, axes = plt.subplots(1, 2, figsize=(10, 4))
         for sampling, marker in (("subspace", "o"), ("random", "s"), ("none", "^")):
@@ -396,7 +377,7 @@ def part_fig5(split: Split, args) -> dict:
             ax.legend()
             ax.grid(alpha=0.3)
         fig.suptitle(f"SGFR Fig. 5 on {split.name} ({n_train} train images)")
-        _save(fig, args.out / f"fig5_{split.name}.png")
+        save_figure(fig, args.out / f"fig5_{split.name}.png")
         plt.close(fig)
     return {"base_config": dataclasses.asdict(base), "num_train": n_train,
             "rows": rows}
@@ -452,7 +433,7 @@ def part_fig6(split: Split, args) -> dict:
               f"{r['matching']:.3f} ± {r['matching_std']:.3f} | "
               f"{r['reconstruction_wins']:.0%} | {r['feature_norm']:.3f} |")
 
-    plt = _pyplot()
+    plt = pyplot()
     if plt is not None:
         fig, axes = plt.subplots(1, len(levels), figsize=(4.5 * len(levels), 4),
                                  squeeze=False)
@@ -469,7 +450,7 @@ def part_fig6(split: Split, args) -> dict:
             ax.grid(alpha=0.3)
         axes[0][0].legend()
         fig.suptitle(f"SGFR Fig. 6 on {split.name}: out-of-bank nominal images")
-        _save(fig, args.out / f"fig6_{split.name}.png")
+        save_figure(fig, args.out / f"fig6_{split.name}.png")
         plt.close(fig)
     return {"base_config": dataclasses.asdict(base), "num_train": n_train,
             "num_held_out": int(good.sum()), "rows": rows}
@@ -496,7 +477,7 @@ def part_fig7(split: Split, args) -> dict:
         print(f"| {'+'.join(map(str, r['score_levels']))} | {r['ref_level']} | "
               f"{_metric_cells(r)} |")
 
-    plt = _pyplot()
+    plt = pyplot()
     if plt is not None:
         names = list(dict.fromkeys("+".join(map(str, r["score_levels"])) for r in rows))
         refs = sorted({r["ref_level"] for r in rows})
@@ -517,7 +498,7 @@ def part_fig7(split: Split, args) -> dict:
         ax.set_ylim(max(0.0, min(r["pro"] for r in rows) - 0.1), 1.0)
         ax.legend()
         ax.grid(alpha=0.3, axis="y")
-        _save(fig, args.out / f"fig7_{split.name}.png")
+        save_figure(fig, args.out / f"fig7_{split.name}.png")
         plt.close(fig)
     return {"base_config": dataclasses.asdict(base), "num_train": n_train,
             "rows": rows}
@@ -549,7 +530,7 @@ def part_fewshot(split: Split, args) -> dict:
         print(f"| {r['num_train']} | {r['s_ref']} | {r['s']} | {r['sampling']} | "
               f"{_metric_cells(r)} |")
 
-    plt = _pyplot()
+    plt = pyplot()
     if plt is not None:
         fig, axes = plt.subplots(1, 2, figsize=(10, 4))
         for sampling, marker in (("subspace", "o"), ("none", "^")):
@@ -565,7 +546,7 @@ def part_fewshot(split: Split, args) -> dict:
             ax.legend()
             ax.grid(alpha=0.3)
         fig.suptitle(f"SGFR few-shot on {split.name}")
-        _save(fig, args.out / f"fewshot_{split.name}.png")
+        save_figure(fig, args.out / f"fewshot_{split.name}.png")
         plt.close(fig)
     return {"base_config": dataclasses.asdict(base), "rows": rows}
 
@@ -638,7 +619,7 @@ def part_table5(name: str, args) -> dict:
               f"{r['none_ms']:.1f} | {r['subspace_ms']:.1f} | "
               f"{r['none_ms'] / r['subspace_ms']:.2f}x | {r['fit_seconds']:.0f} |")
 
-    plt = _pyplot()
+    plt = pyplot()
     ok = [r for r in rows if "error" not in r]
     if plt is not None and ok:
         fig, ax = plt.subplots(figsize=(1.1 * len(ok) + 3, 4))
@@ -652,7 +633,7 @@ def part_table5(name: str, args) -> dict:
                title=f"SGFR Table V timing on {name} ({jax.default_backend()})")
         ax.legend()
         ax.grid(alpha=0.3, axis="y")
-        _save(fig, args.out / f"table5_{name}.png")
+        save_figure(fig, args.out / f"table5_{name}.png")
         plt.close(fig)
     return {"config": dataclasses.asdict(config), "rows": rows}
 
