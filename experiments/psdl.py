@@ -141,7 +141,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
-from _report import pyplot, save_figure, write_json
+from _report import padded_batches, pyplot, save_figure, write_json
 
 from jad import backbones as bb
 from jad import data, evaluation, metrics, pipeline
@@ -261,20 +261,6 @@ def _reconstruction_errors(state, feats):
     return {group: x[..., 1] for group, x in stats.items()}
 
 
-def _batches(feats: dict, batch: int):
-    """(padded chunk, its true size) over the leading axis; one shape for all."""
-    total = len(next(iter(feats.values())))
-    for start in range(0, total, batch):
-        n = min(batch, total - start)
-        part = {}
-        for lv, x in feats.items():
-            chunk = x[start:start + n]
-            if n < batch and total > batch:
-                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - n, 0)])
-            part[lv] = chunk
-        yield part, n
-
-
 def _levels(feats: dict, config) -> dict:
     return {lv: feats[lv] for lv in config.levels}
 
@@ -284,7 +270,7 @@ def score_features(state, feats: Features, batch: int):
     test = _levels(feats.test, state.config)
     maps, scores, times = [], [], []
     part = None
-    for i, (part, n) in enumerate(_batches(test, batch)):
+    for i, (part, n) in enumerate(padded_batches(test, batch)):
         start = time.perf_counter()
         m, s = jax.block_until_ready(_maps_and_scores(state, part, feats.image_size))
         if i > 0:
@@ -301,7 +287,7 @@ def score_features(state, feats: Features, batch: int):
 def test_errors(state, feats: Features, batch: int) -> np.ndarray:
     """(M, h, w) reconstruction errors of the test images (one group)."""
     out = []
-    for part, n in _batches(_levels(feats.test, state.config), batch):
+    for part, n in padded_batches(_levels(feats.test, state.config), batch):
         err = _reconstruction_errors(state, part)
         out.append(np.asarray(next(iter(err.values())))[:n])
     return np.concatenate(out)

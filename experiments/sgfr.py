@@ -113,7 +113,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
-from _report import pyplot, save_figure, write_json
+from _report import padded_batches, pyplot, save_figure, write_json
 
 from jad import backbones as bb
 from jad import data, evaluation, pipeline
@@ -232,20 +232,6 @@ def _maps_and_scores(state, emb, image_size):
     return maps, max_image_score(maps)
 
 
-def _batches(emb: dict, batch: int):
-    """(padded chunk, its true size) over the leading axis; one shape for all."""
-    total = len(next(iter(emb.values())))
-    for start in range(0, total, batch):
-        n = min(batch, total - start)
-        part = {}
-        for lv, x in emb.items():
-            chunk = x[start:start + n]
-            if n < batch and total > batch:
-                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - n, 0)])
-            part[lv] = chunk
-        yield part, n
-
-
 def score_split(state, split: Split, batch: int):
     """Maps, image scores and SGFR seconds per image (compiled) of the test set.
 
@@ -255,7 +241,7 @@ def score_split(state, split: Split, batch: int):
     """
     emb = _levels(split.test, state.config)
     maps, scores, times = [], [], []
-    for i, (part, n) in enumerate(_batches(emb, batch)):
+    for i, (part, n) in enumerate(padded_batches(emb, batch)):
         start = time.perf_counter()
         m, s = jax.block_until_ready(_maps_and_scores(state, part, split.image_size))
         if i > 0:
@@ -385,7 +371,7 @@ def part_fig5(split: Split, args) -> dict:
 
 def _representation_errors(state, emb, level, batch):
     recon, match = [], []
-    for part, n in _batches(emb, batch):
+    for part, n in padded_batches(emb, batch):
         result = sgfr.representation_error(state, part, level=level)
         recon.append(np.asarray(result.reconstruction[:n]))
         match.append(np.asarray(result.matching[:n]))
