@@ -66,6 +66,7 @@ from jad.methods.base import (
     check_postprocess,
     register,
 )
+from jad.ops._triangular import cho_solve
 from jad.sparse import (
     dct_dictionary,
     haar_dictionary,
@@ -740,7 +741,7 @@ def _fixed_codes(gram, xy, support):
     sub = gram[index][:, index]
     sub = jnp.where(valid[:, None] & valid[None, :], sub, jnp.eye(len(support)))
     rhs = jnp.where(valid, xy[index], 0.0)
-    coef = jnp.linalg.solve(sub, rhs)
+    coef = cho_solve(jnp.linalg.cholesky(sub), rhs)
     m = gram.shape[0]
     return jnp.zeros((m,), coef.dtype).at[jnp.where(valid, index, m)].add(
         jnp.where(valid, coef, 0.0), mode="drop")

@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jad import _checks
+from jad.ops._triangular import cho_solve, solve_lower
 
 __all__ = ["OMPResult", "omp", "omp_gram"]
 
@@ -185,7 +186,7 @@ def _select_one(gram, xy, norm_sq, allowed, n_nonzero, tol, selection):
     cols = jnp.where(valid[:, None], bt[:, jnp.where(valid, support, 0)].T, 0.0)
     chol = jnp.tril(cols, -1) + jnp.diag(lkk)
     # L Lᵀ gamma = D_Sᵀ y with z = L⁻¹ D_Sᵀ y, so gamma = L⁻ᵀ z; padded entries stay 0.
-    gamma = jax.scipy.linalg.solve_triangular(chol, z, lower=True, trans="T")
+    gamma = solve_lower(chol, z, transpose=True)
     coef = _scatter(support, gamma, num_atoms)
     return _Selection(support, chol, coef, jnp.sum(valid).astype(jnp.int32))
 
@@ -236,7 +237,7 @@ def _refine_one(sel: _Selection, gram, xy):
     index = jnp.where(valid, sel.support, 0)
     corr = xy - _dot(gram, sel.coef)  # (K,) D_Sᵀ(y - D_S c0) on the support
     rhs = jnp.where(valid, corr[index], 0.0)
-    delta = jax.scipy.linalg.cho_solve((sel.chol, True), rhs)
+    delta = cho_solve(sel.chol, rhs)
     return sel.coef + _scatter(sel.support, jnp.where(valid, delta, 0.0), num_atoms)
 
 
